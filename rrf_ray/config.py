@@ -1,0 +1,238 @@
+"""Sweep specifications: pydantic models loaded from `sweeps/*.yaml` with `--set` overrides.
+
+Every knob of a sweep lives here, typed and validated, so a typo in a YAML file or an
+override fails at once with the dotted path of the field instead of deep in a trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from rrf_ray.mazes import DEFAULT_GOALS, DEFAULT_LAYOUTS, Maze, MazeError
+
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+class ConfigError(ValueError):
+    """A bad spec file or override. CLIs print it and exit with code 2."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MazeSpec(Strict):
+    """A maze as data: rows of '#' (wall) and 'O' (free), goals as (row, col) maze units."""
+
+    layout: list[str]
+    goals: list[tuple[float, float]] = Field(min_length=1)
+
+
+class DataSpec(Strict):
+    """Maze2D generation (SPEC section 3): sizes, controller and split."""
+
+    base_transitions: int = Field(10_000_000, gt=0)
+    expert_transitions: int = Field(10_000_000, gt=0)
+    chunk_transitions: int = Field(10_000, gt=0, description="transitions per Ray task")
+    heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    action_noise: float = Field(0.5, ge=0.0, description="std of Gaussian action noise before clipping")
+    p_gain: float = Field(10.0, gt=0.0)
+    d_gain: float = Field(1.0, ge=0.0)
+    q_gamma: float = Field(0.99, gt=0.0, lt=1.0)
+    q_sweeps: int = Field(50, gt=0)
+    waypoint_radius: float = Field(0.1, gt=0.0, description="advance to the next waypoint within this distance")
+    base_goal_radius: float = Field(0.5, gt=0.0, description="base data: a goal this close counts as reached")
+    expert_goal_radius: float = Field(0.1, gt=0.0, description="expert data: the episode ends this close to the goal")
+    base_goal_timeout: int = Field(1000, gt=0, description="base data: steps before an unreached goal is re-drawn")
+    expert_max_steps: int = Field(1000, gt=0, description="expert data: episodes not at the goal by then are dropped")
+    cell_margin: float = Field(0.1, ge=0.0, lt=0.5, description="starts and goals keep this far from cell edges")
+    workers: int | None = Field(None, gt=0, description="parallel Ray tasks (default: all CPUs)")
+
+
+class WindowSpec(Strict):
+    """Trajectory windows (SPEC section 2): `horizon` rows taken every `stride` steps."""
+
+    horizon: int = Field(256, gt=0)
+    stride: int = Field(1, gt=0)
+
+    @property
+    def span(self) -> int:
+        """Environment steps covered by one window."""
+        return (self.horizon - 1) * self.stride + 1
+
+
+class DiffusionSpec(Strict):
+    """Base/expert trajectory diffusers (SPEC section 2)."""
+
+    n_timesteps: int = Field(100, gt=0)
+    prediction: Literal["sample", "epsilon"] = "sample"
+    clip_denoised: bool = True
+    dim: int = Field(32, gt=0)
+    dim_mults: list[int] = Field(default_factory=lambda: [1, 4, 8], min_length=1)
+    learning_rate: float = Field(2e-4, gt=0.0)
+    batch_size: int = Field(128, gt=0)
+    train_steps: int = Field(500_000, gt=0)
+    ema_decay: float = Field(0.995, ge=0.0, le=1.0)
+    ema_every: int = Field(10, gt=0)
+    ema_start: int = Field(2000, ge=0)
+    action_weight: float = Field(1.0, gt=0.0)
+    checkpoint_every: int = Field(10_000, gt=0)
+
+
+class RewardSpec(Strict):
+    """Relative reward network and its alignment trainer (SPEC section 2)."""
+
+    model_horizon: int = Field(1, gt=0)
+    hidden: list[int] = Field(default_factory=lambda: [128, 64, 32], min_length=1)
+    t_embed_dim: int = Field(32, gt=0)
+    learning_rate: float = Field(5e-5, gt=0.0)
+    batch_size: int = Field(256, gt=0)
+    train_steps: int = Field(100_000, gt=0)
+    ema_decay: float = Field(0.995, ge=0.0, le=1.0)
+
+
+class ResourceSpec(Strict):
+    """Ray resources per stage."""
+
+    num_workers: int = Field(1, gt=0, description="Ray Train workers per training run")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float = Field(1.0, ge=0.0)
+    max_concurrent_trials: int | None = Field(None, gt=0)
+
+
+class SweepSpec(Strict):
+    """A whole sweep: mazes x goals x seeds, and how every stage runs."""
+
+    name: str = "maze2d"
+    experiment: Literal["maze2d"] = "maze2d"
+    mazes: dict[str, MazeSpec] = Field(
+        default_factory=lambda: {
+            n: MazeSpec(layout=DEFAULT_LAYOUTS[n], goals=DEFAULT_GOALS[n]) for n in DEFAULT_LAYOUTS
+        }
+    )
+    goals: list[int] | None = Field(None, description="1-based goal indices to run (default: all)")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
+    data: DataSpec = Field(default_factory=DataSpec)
+    windows: WindowSpec = Field(default_factory=WindowSpec)
+    diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
+    reward: RewardSpec = Field(default_factory=RewardSpec)
+    resources: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    @field_validator("mazes")
+    @classmethod
+    def _mazes_are_valid(cls, mazes: dict[str, MazeSpec]) -> dict[str, MazeSpec]:
+        for name, m in mazes.items():
+            Maze(name, tuple(m.layout), tuple(m.goals))  # raises MazeError naming maze and goal
+        return mazes
+
+    @field_validator("goals")
+    @classmethod
+    def _goal_indices_exist(cls, goals: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        for k in goals or []:
+            for name, m in (info.data.get("mazes") or {}).items():
+                if not 1 <= k <= len(m.goals):
+                    raise ValueError(f"goal {k} does not exist in maze {name!r} (goals 1..{len(m.goals)})")
+        return goals
+
+    def maze(self, name: str) -> Maze:
+        if name not in self.mazes:
+            raise ConfigError(f"unknown maze {name!r}; this spec has: {', '.join(self.mazes)}")
+        m = self.mazes[name]
+        return Maze(name, tuple(m.layout), tuple(m.goals))
+
+
+# -- loading ----------------------------------------------------------------------
+
+def resolve_spec_path(name_or_path: str | Path) -> Path:
+    """`maze2d` -> `sweeps/maze2d.yaml` (cwd first, then the checkout); a path is used as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise ConfigError(f"spec file {p} does not exist")
+        return p
+    for base in (Path.cwd() / "sweeps", SWEEPS_DIR):
+        candidate = base / f"{name_or_path}.yaml"
+        if candidate.exists():
+            return candidate
+    known = sorted(q.stem for q in SWEEPS_DIR.glob("*.yaml")) if SWEEPS_DIR.is_dir() else []
+    raise ConfigError(f"no sweep named {name_or_path!r} (looked in ./sweeps and {SWEEPS_DIR}); known: {', '.join(known)}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML, so lists and numbers work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {e}") from None
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid sweep spec"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def spec_from_dict(raw: dict, source: str = "spec", overrides: list[str] | None = None) -> SweepSpec:
+    raw = apply_overrides(copy.deepcopy(raw), list(overrides or []))
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(source, e)) from None
+    except MazeError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_spec(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> SweepSpec:
+    """Load a sweep spec by name (`sweeps/NAME.yaml`) or path; None gives the built-in defaults."""
+    if name_or_path is None:
+        return spec_from_dict(SweepSpec().model_dump(mode="json"), "defaults", overrides)
+    path = resolve_spec_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return spec_from_dict(raw, str(path), overrides)
+
+
+def exit_on_user_error(exc: Exception) -> None:
+    """Print a user error (bad spec, bad argument) and exit with code 2."""
+    print(f"error: {exc}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,246 @@
+"""Maze2D datasets on disk: Ray tasks generate chunks, Minari stores them, atomically.
+
+A dataset is built under a temporary directory next to its final place and renamed
+into place only when complete, so a crash never leaves a half-written dataset that a
+later run would trust. Its metadata records the generation spec (to reuse it, or refuse
+to silently replace it) and the held-out episodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import os
+import shutil
+import uuid
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import ray
+from tqdm.auto import tqdm
+
+from rrf_ray.config import DataSpec
+from rrf_ray.data.maze2d import Chunk, generate_chunk
+from rrf_ray.mazes import Maze
+
+FORMAT = "rrf-maze2d/1"
+GENERATION_KEY = "rrf_generation"
+HELDOUT_KEY = "rrf_heldout_episodes"
+# Settings of DataSpec that change the data (workers only change the speed).
+_GENERATION_FIELDS = [f for f in DataSpec.model_fields if f not in ("workers", "base_transitions", "expert_transitions")]
+
+
+class DatasetError(ValueError):
+    """A dataset that is missing, foreign, or generated from another spec; CLIs exit 2."""
+
+
+def dataset_id(maze_name: str, goal: int | None) -> str:
+    kind = "base" if goal is None else f"goal{goal}"
+    return f"rrf/maze2d-{maze_name}/{kind}-v0"
+
+
+def datasets_root(root: str | os.PathLike | None = None) -> Path:
+    """`root`, else MINARI_DATASETS_PATH, else Minari's default (~/.minari/datasets)."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    env = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(env).expanduser().resolve() if env else Path.home() / ".minari" / "datasets"
+
+
+def dataset_dir(did: str, root=None) -> Path:
+    return datasets_root(root) / did
+
+
+def read_metadata(did: str, root=None) -> dict | None:
+    path = dataset_dir(did, root) / "data" / "metadata.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def generation_spec(maze: Maze, goal: int | None, transitions: int, seed: int, data: DataSpec) -> dict:
+    """Everything that determines the generated data, as plain JSON."""
+    spec = {
+        "format": FORMAT,
+        "maze": maze.name,
+        "layout": list(maze.layout),
+        "goal_index": goal,
+        "goal_rowcol": None if goal is None else list(maze.goal(goal)),
+        "goal_xy": None if goal is None else [float(v) for v in maze.goal_xy(goal)],
+        "transitions": int(transitions),
+        "seed": int(seed),
+    }
+    spec.update({f: getattr(data, f) for f in _GENERATION_FIELDS})
+    return json.loads(json.dumps(spec))
+
+
+def chunk_plan(transitions: int, chunk: int) -> list[int]:
+    """Transitions per chunk: fixed by the size alone, so any worker count gives the same data."""
+    n = math.ceil(transitions / chunk)
+    return [min(chunk, transitions - i * chunk) for i in range(n)]
+
+
+def _chunk_seeds(did: str, seed: int, n: int) -> list[np.random.SeedSequence]:
+    entropy = [int(seed), zlib.crc32(did.encode())]
+    return [np.random.SeedSequence(entropy, spawn_key=(i,)) for i in range(n)]
+
+
+@contextlib.contextmanager
+def _minari_root(path: Path):
+    """Minari reads its root from MINARI_DATASETS_PATH on every call: point it at `path` for a while."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def _buffers(chunk: Chunk):
+    from minari.data_collector import EpisodeBuffer
+
+    for ep in chunk.episodes:
+        n = len(ep)
+        terminations = np.zeros(n, dtype=bool)
+        truncations = np.zeros(n, dtype=bool)
+        (terminations if ep.terminated else truncations)[-1] = True
+        yield EpisodeBuffer(
+            observations=ep.observations.astype(np.float64),
+            actions=ep.actions.astype(np.float32),
+            rewards=ep.rewards.astype(np.float64),
+            terminations=terminations,
+            truncations=truncations,
+            infos={"goal": np.repeat(ep.goal[None, :], n + 1, axis=0)},
+        )
+
+
+def check_existing(did: str, spec: dict, root=None, overwrite: bool = False) -> bool:
+    """True if an identical dataset is already there; raises if a different one is."""
+    path = dataset_dir(did, root)
+    if not path.exists():
+        return False
+    meta = read_metadata(did, root)
+    existing = (meta or {}).get(GENERATION_KEY)
+    if existing == spec:
+        return True
+    if overwrite:
+        return False
+    if existing is None:
+        raise DatasetError(f"{path} exists but was not made by rrf_ray; pass --overwrite to replace it")
+    diff = sorted(k for k in set(spec) | set(existing) if spec.get(k) != existing.get(k))
+    raise DatasetError(
+        f"dataset {did} at {path} was generated with a different spec (differs in: {', '.join(diff)}); "
+        "pass --overwrite to replace it"
+    )
+
+
+_remote_chunk = ray.remote(generate_chunk)
+
+
+def generate_maze2d(maze: Maze, goal: int | None, transitions: int, seed: int, data: DataSpec,
+                    root=None, workers: int | None = None, overwrite: bool = False,
+                    progress: bool = True) -> str:
+    """Make (or reuse) the base dataset (goal None) or the expert dataset of goal k; returns its id.
+
+    Needs Ray initialised. Chunks run as Ray tasks, `workers` at a time, and are written
+    to Minari in order as they arrive.
+    """
+    from rrf_ray.data.pointmaze import make_env
+
+    import minari
+
+    did = dataset_id(maze.name, goal)
+    spec = generation_spec(maze, goal, transitions, seed, data)
+    if check_existing(did, spec, root, overwrite):
+        return did
+    goal_rowcol = None if goal is None else maze.goal(goal)
+    plan = chunk_plan(transitions, data.chunk_transitions)
+    seeds = _chunk_seeds(did, seed, len(plan))
+    workers = workers or data.workers or max(1, int(ray.available_resources().get("CPU", 1)))
+
+    final = dataset_dir(did, root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    env = make_env(maze)
+    try:
+        pending, ready, next_to_write, dropped = {}, {}, 0, 0
+        dataset = None
+
+        todo = iter(range(len(plan)))
+
+        def submit_more():
+            # Keep `workers` chunks in flight; called before writing so workers never wait on disk.
+            for i in itertools.islice(todo, max(0, workers - len(pending))):
+                ref = _remote_chunk.options(num_cpus=1).remote(maze, goal_rowcol, plan[i], seeds[i], data)
+                pending[ref] = i
+
+        bar = tqdm(total=transitions, unit="steps", desc=did, disable=not progress, mininterval=1.0)
+        with _minari_root(tmp_root), bar:
+            submit_more()
+            while next_to_write < len(plan):
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    i = pending.pop(ref)
+                    ready[i] = ray.get(ref)
+                    bar.update(min(plan[i], ready[i].transitions))
+                submit_more()
+                while next_to_write in ready:
+                    chunk = ready.pop(next_to_write)
+                    dropped += chunk.dropped_episodes
+                    if dataset is None:
+                        with warnings.catch_warnings():  # Minari warns about fields we leave unset
+                            warnings.simplefilter("ignore", UserWarning)
+                            dataset = minari.create_dataset_from_buffers(
+                                did, list(_buffers(chunk)), env=env,
+                                observation_space=env.observation_space["observation"],
+                                action_space=env.action_space,
+                                algorithm_name="rrf_ray waypoint controller (D4RL Maze2D procedure)",
+                                description=_describe(maze, goal, transitions, seed),
+                            )
+                    else:
+                        dataset.storage.update_episodes(_buffers(chunk))
+                    next_to_write += 1
+            n_episodes = dataset.storage.total_episodes
+            dataset.storage.update_metadata({
+                GENERATION_KEY: spec,
+                HELDOUT_KEY: heldout_episodes(n_episodes, data.heldout_fraction, seed),
+                "rrf_dropped_episodes": int(dropped),
+            })
+        built = tmp_root / did
+        _swap_into_place(built, final)
+    finally:
+        env.close()
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return did
+
+
+def _swap_into_place(built: Path, final: Path) -> None:
+    """Rename the finished dataset over `final` (moving any old one aside first)."""
+    trash = None
+    if final.exists():
+        trash = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+    os.replace(built, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def heldout_episodes(n_episodes: int, fraction: float, seed: int) -> list[int]:
+    """A seeded `fraction` of episode ids (at least one when there are two or more episodes)."""
+    k = int(round(fraction * n_episodes))
+    if fraction > 0 and n_episodes >= 2:
+        k = max(k, 1)
+    rng = np.random.default_rng([int(seed), 0x5EED])
+    return sorted(int(i) for i in rng.choice(n_episodes, size=k, replace=False))
+
+
+def _describe(maze: Maze, goal: int | None, transitions: int, seed: int) -> str:
+    what = "reward-agnostic base data (random goals)" if goal is None else f"expert data for goal {goal} {maze.goal(goal)}"
+    return f"Maze2D {maze.name}: {what}; {transitions} transitions, seed {seed}; generated by rrf_ray"

@@ -1,0 +1,31 @@
+"""Connecting to Ray: join a running cluster when there is one, else start a local Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool | None = None,
+             quiet: bool = True) -> None:
+    """Idempotent `ray.init`.
+
+    address None: join the cluster named by RAY_ADDRESS or a running local one, else start
+    a local Ray for this process. An explicit address must be reachable.
+    """
+    if ray.is_initialized():
+        return
+    kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=True)
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS")
+    if address is None:
+        try:
+            ray.init(address="auto", **kwargs)
+            return
+        except ConnectionError:
+            pass
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
+        return
+    ray.init(address=address, **kwargs)

@@ -1,0 +1,20 @@
+"""Shared fixtures: one real local Ray per test session, and small real datasets on disk."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import ray
+
+# Tests must never touch the user's ~/.minari.
+os.environ.setdefault("MINARI_DATASETS_PATH", "/tmp/rrf_ray-test-minari-unused")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray. More logical CPUs than cores leaves headroom (SPEC section 7)."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from rrf_ray.config import ConfigError, SweepSpec, load_spec, parse_override
+from rrf_ray.mazes import DEFAULT_GOALS
+
+SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_every_shipped_sweep_loads(path):
+    assert isinstance(load_spec(path), SweepSpec)
+
+
+def test_paper_profile_values():
+    spec = load_spec("maze2d")
+    assert list(spec.mazes) == ["open", "umaze", "medium", "large"]
+    assert all(len(m.goals) == 8 for m in spec.mazes.values())
+    assert spec.seeds == [0, 1, 2, 3, 4]
+    assert spec.data.base_transitions == spec.data.expert_transitions == 10_000_000
+    assert (spec.windows.horizon, spec.diffusion.n_timesteps, spec.diffusion.dim) == (256, 100, 32)
+    assert spec.diffusion.dim_mults == [1, 4, 8] and spec.diffusion.prediction == "sample"
+    assert spec.reward.hidden == [128, 64, 32] and spec.reward.learning_rate == 5e-5
+    for name, m in spec.mazes.items():
+        assert [tuple(g) for g in m.goals] == [tuple(map(float, g)) for g in DEFAULT_GOALS[name]]
+
+
+def test_overrides_are_yaml_values():
+    spec = load_spec("maze2d", ["seeds=[3, 4]", "data.action_noise=0.25", "windows.stride=8",
+                                "mazes.umaze.goals=[[1, 1], [3, 3]]", "goals=[1, 2]"])
+    assert spec.seeds == [3, 4]
+    assert spec.data.action_noise == 0.25 and spec.windows.stride == 8
+    assert spec.mazes["umaze"].goals == [(1.0, 1.0), (3.0, 3.0)]
+    assert spec.windows.span == (256 - 1) * 8 + 1
+
+
+def test_a_user_can_add_a_maze_in_yaml(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("mazes:\n  corridor:\n    layout: ['#####', '#OOO#', '#####']\n    goals: [[1, 3]]\n")
+    spec = load_spec(f)
+    assert list(spec.mazes) == ["corridor"]
+    assert tuple(spec.maze("corridor").goal_xy(1)) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.nope=1", "data.nope: unknown key"),
+    ("nope=1", "nope: unknown key"),
+    ("data.heldout_fraction=1.5", "data.heldout_fraction"),
+    ("diffusion.prediction=noise", "diffusion.prediction"),
+    ("mazes.umaze.goals=[[2, 1]]", "maze 'umaze' goal 1 (2.0, 1.0): inside a wall"),
+    ("goals=[12]", "goals: Value error, goal 12 does not exist"),
+    ("seeds=[]", "seeds"),
+    ("data.action_noise.x=1", "data.action_noise is not a mapping"),
+    ("novalue", "must look like dotted.key=value"),
+])
+def test_bad_overrides_name_the_field(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_spec("maze2d", [override])
+    assert message in str(e.value)
+
+
+def test_parse_override():
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    assert parse_override("a=true") == (["a"], True)
+    assert parse_override("a=1e-3") == (["a"], 1e-3)
