@@ -83,6 +83,16 @@ class DiffusionSpec(Strict):
     ema_start: int = Field(2000, ge=0)
     action_weight: float = Field(1.0, gt=0.0)
     checkpoint_every: int = Field(10_000, gt=0)
+    log_every: int = Field(100, gt=0, description="steps between progress lines and metric reports")
+
+
+class GuidanceSpec(Strict):
+    """Classifier guidance by a reward rho (SPEC section 5): x <- x + scale * grad rho(x, t)."""
+
+    scale: float = Field(0.0, description="guidance scale omega")
+    n_guide_steps: int = Field(1, ge=1)
+    t_stopgrad: int = Field(0, ge=0, description="no guidance for diffusion steps t < t_stopgrad")
+    scale_grad_by_std: bool = Field(True, description="multiply the gradient by the posterior variance")
 
 
 class RewardSpec(Strict):

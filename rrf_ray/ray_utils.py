@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import ray
 
@@ -29,3 +30,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
         return
     ray.init(address=address, **kwargs)
+
+
+def say(message: str) -> None:
+    """A progress line from inside a Ray Train worker.
+
+    Train V2 patches `print` to log *and* echo when stdout is redirected (it is, in Ray
+    workers), so each line would reach the console twice; writing to the stream once avoids it.
+    """
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def quiet_train_worker_logs() -> None:
+    """Silence Train V2's per-report INFO line ("Reporting training result ..."); keep warnings."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # a Ray without Train V2 internals: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)

@@ -15,6 +15,6 @@ os.environ.setdefault("MINARI_DATASETS_PATH", "/tmp/rrf_ray-test-minari-unused")
 def ray_local():
     """A real local Ray. More logical CPUs than cores leaves headroom (SPEC section 7)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
     yield
     ray.shutdown()

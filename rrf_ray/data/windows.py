@@ -54,7 +54,7 @@ class TrajectoryWindows:
     """Windows of `horizon` rows taken every `stride` steps, indexable and batchable."""
 
     def __init__(self, rows: np.ndarray, starts: np.ndarray, episode_of_window: np.ndarray,
-                 horizon: int, stride: int, normalizer: Normalizer, action_dim: int):
+                 horizon: int, stride: int, normalizer: Normalizer | None, action_dim: int):
         self.rows = rows
         self.starts = starts
         self.episode_of_window = episode_of_window
@@ -62,6 +62,14 @@ class TrajectoryWindows:
         self.normalizer = normalizer
         self.action_dim = action_dim
         self._offsets = np.arange(horizon) * stride
+
+    @classmethod
+    def from_array(cls, windows: np.ndarray, action_dim: int,
+                   normalizer: Normalizer | None = None) -> "TrajectoryWindows":
+        """Windows given directly as an (N, H, D) array, already normalised."""
+        n, h, d = windows.shape
+        rows = np.ascontiguousarray(windows, dtype=np.float32).reshape(n * h, d)
+        return cls(rows, np.arange(n) * h, np.arange(n), h, 1, normalizer, action_dim)
 
     @property
     def transition_dim(self) -> int:
