@@ -98,6 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
         what = f"resuming at step {step}" if resumed_from else "starting"
         say(f"[{job.label}] {what}: {spec.train_steps} steps, batch {batch} x {world} worker(s) on {device}")
     losses, t_last = [], time.perf_counter()
+    steady = None  # (time, step) at the first report: throughput after warm-up
     if step >= spec.train_steps:  # rebuilt after it had finished: hand back the final checkpoint
         metrics = {"step": step, "loss": float("nan"), "samples_per_s": 0.0, "resumed_from_step": resumed_from}
         _report_with_checkpoint(metrics, diffuser, ema, optimizer, rng, windows, rank, world)
@@ -120,13 +121,18 @@ def train_loop_per_worker(config: dict) -> None:
         last = step == spec.train_steps
         if step % spec.log_every == 0 or last or step % spec.checkpoint_every == 0:
             dt = time.perf_counter() - t_last
+            now = time.perf_counter()
             metrics = {
                 "step": step,
                 "loss": float(np.mean(losses)),
                 "samples_per_s": len(losses) * batch * world / max(dt, 1e-9),
                 "resumed_from_step": resumed_from,
             }
-            losses, t_last = [], time.perf_counter()
+            if steady is None:
+                steady = (now, step)
+            elif step > steady[1]:
+                metrics["steady_samples_per_s"] = (step - steady[1]) * batch * world / (now - steady[0])
+            losses, t_last = [], now
             if rank == 0:
                 say(f"[{job.label}] step {step}/{spec.train_steps} loss {metrics['loss']:.4f} "
                     f"({metrics['samples_per_s']:.0f} samples/s)")
