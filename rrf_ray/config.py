@@ -98,13 +98,39 @@ class GuidanceSpec(Strict):
 class RewardSpec(Strict):
     """Relative reward network and its alignment trainer (SPEC section 2)."""
 
-    model_horizon: int = Field(1, gt=0)
+    kind: Literal["window_mlp", "value_unet"] = Field(
+        "window_mlp", description="MLP over contiguous sub-windows (Maze2D) or U-Net encoder (locomotion)")
+    model_horizon: int = Field(1, gt=0, description="window_mlp: steps per sub-window (1 = per-step reward)")
     hidden: list[int] = Field(default_factory=lambda: [128, 64, 32], min_length=1)
     t_embed_dim: int = Field(32, gt=0)
+    unet_dim: int = Field(32, gt=0, description="value_unet: channels of the first level")
+    unet_dim_mults: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
     learning_rate: float = Field(5e-5, gt=0.0)
     batch_size: int = Field(256, gt=0)
     train_steps: int = Field(100_000, gt=0)
     ema_decay: float = Field(0.995, ge=0.0, le=1.0)
+    grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm (None: no clipping)")
+    checkpoint_every: int = Field(10_000, gt=0)
+    log_every: int = Field(500, gt=0)
+    val_batches: int = Field(20, gt=0, description="held-out batches per validation")
+
+
+class PregenSpec(Strict):
+    """Training triples (x_eval, x_t(1), x_t(2)) for the reward (SPEC section 1).
+
+    algorithm "pregenerate" is Algorithm 2 (both models in lock step from x_T);
+    "dataset_noising" is Algorithm 1 (forward-noised dataset windows).
+    """
+
+    algorithm: Literal["pregenerate", "dataset_noising"] = "pregenerate"
+    chains_per_kind: int = Field(512, gt=0, description="Algorithm 2: chains following each model")
+    chains_per_shard: int = Field(64, gt=0)
+    noised_windows: int = Field(100_000, gt=0, description="Algorithm 1: triples to make")
+    noised_per_shard: int = Field(10_000, gt=0)
+    noising_source: Literal["base", "expert", "mixed"] = "base"
+    grad_at: Literal["x_t", "base_mean"] = Field(
+        "x_t", description="Algorithm 1: where grad rho is taken (the authors' Maze2D code: base_mean)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of shards held out for validation")
 
 
 class ResourceSpec(Strict):
@@ -133,6 +159,7 @@ class SweepSpec(Strict):
     windows: WindowSpec = Field(default_factory=WindowSpec)
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)
+    pregen: PregenSpec = Field(default_factory=PregenSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
 
     @field_validator("mazes")

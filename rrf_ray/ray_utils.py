@@ -6,7 +6,12 @@ import logging
 import os
 import sys
 
+from pathlib import Path
+
 import ray
+import ray.train
+
+from rrf_ray.config import ResourceSpec
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool | None = None,
@@ -49,3 +54,30 @@ def quiet_train_worker_logs() -> None:
     except ImportError:  # a Ray without Train V2 internals: nothing to quiet
         return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def scaling_config(resources: ResourceSpec) -> ray.train.ScalingConfig:
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+                                   resources_per_worker=per_worker)
+
+
+def storage_uri(storage) -> str:
+    """Ray wants absolute local paths; URIs (s3://, gs://) pass through."""
+    storage = str(storage)
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def train_worker_setup(threads: int):
+    """Inside a Ray Train worker: (rank, world size, device), quiet logs, torch threads on CPU."""
+    import ray.train.torch
+    import torch
+
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    quiet_train_worker_logs()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, threads))
+    return ctx.get_world_rank(), ctx.get_world_size(), device

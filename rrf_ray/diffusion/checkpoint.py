@@ -6,48 +6,29 @@ Later stages (pre-generation tasks, Tune trials, notebooks) load a trained model
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from rrf_ray.checkpoints import as_directory, read_checkpoint
 from rrf_ray.config import DiffusionSpec, GuidanceSpec
 from rrf_ray.data.windows import Normalizer
 from rrf_ray.diffusion.model import Cond, RewardFn, TrajectoryDiffuser
 
-CONFIG_FILE, STATE_FILE = "config.json", "state.pt"
+KIND = "trajectory_diffuser"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_diffuser_checkpoint(directory, model: TrajectoryDiffuser, normalizer: Normalizer | None,
-                             state: dict) -> None:
-    """Write config.json (how to rebuild the model) and state.pt (weights, EMA, optimiser, step)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{STATE_FILE}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, directory / STATE_FILE)
-    config = {
-        "kind": "trajectory_diffuser",
+def diffuser_config(model: TrajectoryDiffuser, normalizer: Normalizer | None) -> dict:
+    """How to rebuild the model (config.json of its checkpoints)."""
+    return {
+        "kind": KIND,
         "transition_dim": model.transition_dim,
         "action_dim": model.action_dim,
         "horizon": model.horizon,
         "diffusion": model.spec.model_dump(mode="json"),
         "normalizer": normalizer.to_dict() if normalizer is not None else None,
-        "step": int(state.get("step", 0)),
     }
-    atomic_write_bytes(directory / CONFIG_FILE, json.dumps(config, indent=2).encode())
 
 
 def build_model(config: dict) -> TrajectoryDiffuser:
@@ -106,15 +87,9 @@ class TrainedDiffuser:
 
 def load_diffuser(path, use_ema: bool = True, device: str | torch.device = "cpu") -> TrainedDiffuser:
     """Load a diffuser from a checkpoint directory (or a `ray.train.Checkpoint`)."""
-    if hasattr(path, "as_directory"):
-        with path.as_directory() as d:
-            return load_diffuser(d, use_ema, device)
-    path = Path(path)
-    if not (path / CONFIG_FILE).exists():
-        raise FileNotFoundError(f"{path} is not a diffuser checkpoint (no {CONFIG_FILE})")
-    config = json.loads((path / CONFIG_FILE).read_text())
+    with as_directory(path) as d:
+        config, state = read_checkpoint(d, KIND)
     model = build_model(config)
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
     model.load_state_dict(state["ema" if use_ema else "model"])
     normalizer = Normalizer.from_dict(config["normalizer"]) if config.get("normalizer") else None
     return TrainedDiffuser(model.to(device).eval(), normalizer, int(state["step"]))

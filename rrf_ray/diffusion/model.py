@@ -97,13 +97,17 @@ class TrajectoryDiffuser(nn.Module):
             out = out.clamp(-1.0, 1.0)
         return out
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Forward process q(x_t | x_0) (diffusers' scheduler)."""
+        return self.scheduler.add_noise(x0, noise, t)
+
     # -- training ---------------------------------------------------------------------
     def loss(self, x0: torch.Tensor, cond: Cond | None = None, generator=None) -> torch.Tensor:
         """Weighted MSE of the network's target, with the conditioned states inpainted."""
         b = x0.shape[0]
         t = torch.randint(0, self.n_timesteps, (b,), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, generator=generator)
-        x_t = self.scheduler.add_noise(x0, noise, t)
+        x_t = self.add_noise(x0, noise, t)
         x_t = apply_conditioning(x_t, cond, self.action_dim)
         out = self(x_t, t)
         if self.spec.prediction == "sample":

@@ -9,10 +9,8 @@ optimiser and RNG states are reported as a checkpoint, so a run rebuilt with the
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -20,13 +18,13 @@ import ray.train
 import ray.train.torch
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from rrf_ray.config import DiffusionSpec, ResourceSpec
 from rrf_ray.data.windows import TrajectoryWindows
-from rrf_ray.diffusion.checkpoint import STATE_FILE, save_diffuser_checkpoint
+from rrf_ray.checkpoints import make_ema, report_with_checkpoint, restore_training, training_state
+from rrf_ray.diffusion.checkpoint import KIND, diffuser_config
 from rrf_ray.diffusion.model import TrajectoryDiffuser
-from rrf_ray.ray_utils import quiet_train_worker_logs, say
+from rrf_ray.ray_utils import say, scaling_config, storage_uri, train_worker_setup
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -65,30 +63,18 @@ def _unwrap(module: nn.Module) -> nn.Module:
 def train_loop_per_worker(config: dict) -> None:
     job: DiffuserJob = config["job"]
     spec = job.spec
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    quiet_train_worker_logs()
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, job.threads))
+    rank, world, device = train_worker_setup(job.threads)
     windows: TrajectoryWindows = ray.get(job.windows) if isinstance(job.windows, ray.ObjectRef) else job.windows
 
     torch.manual_seed(job.seed * 1009 + rank)
     rng = np.random.default_rng([job.seed, rank])
     diffuser = TrajectoryDiffuser(windows.transition_dim, windows.action_dim, windows.horizon, spec)
-    ema = AveragedModel(diffuser, multi_avg_fn=get_ema_multi_avg_fn(spec.ema_decay), use_buffers=True)
+    ema = make_ema(diffuser, spec.ema_decay)
     optimizer = torch.optim.Adam(diffuser.parameters(), lr=spec.learning_rate)
-    step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
-        diffuser.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema_averager"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+    state = restore_training(KIND, diffuser, ema, optimizer)
+    step = resumed_from = int(state["step"]) if state else 0
+    if state:
         rng.bit_generator.state = state["rng"][rank % len(state["rng"])]
-    resumed_from = step
     ema.to(device)
     loss_module = ray.train.torch.prepare_model(_Loss(diffuser, job.condition_on_start))
     diffuser = _unwrap(loss_module).diffuser
@@ -143,35 +129,16 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _report_with_checkpoint(metrics, diffuser, ema, optimizer, rng, windows, rank, world) -> None:
-    """Rank 0 writes the checkpoint; every rank reports (Train V2's report is collective)."""
     rng_states = [None] * world
     if world > 1:
         torch.distributed.all_gather_object(rng_states, rng.bit_generator.state)
     else:
         rng_states = [rng.bit_generator.state]
-    with tempfile.TemporaryDirectory() as d:
-        checkpoint = None
-        if rank == 0:
-            ema_weights = ema.module.state_dict() if int(ema.n_averaged) > 0 else diffuser.state_dict()
-            state = {
-                "model": diffuser.state_dict(),
-                "ema": ema_weights,
-                "ema_averager": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": metrics["step"],
-                "rng": rng_states,
-            }
-            save_diffuser_checkpoint(d, diffuser, windows.normalizer, state)
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report(metrics, checkpoint=checkpoint)
 
+    def state():
+        return training_state(diffuser, ema, optimizer, metrics["step"], rng=rng_states)
 
-def scaling_config(resources: ResourceSpec) -> ray.train.ScalingConfig:
-    per_worker = {"CPU": resources.cpus_per_worker}
-    if resources.use_gpu:
-        per_worker["GPU"] = resources.gpus_per_worker
-    return ray.train.ScalingConfig(num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-                                   resources_per_worker=per_worker)
+    report_with_checkpoint(metrics, rank, diffuser_config(diffuser, windows.normalizer), state)
 
 
 def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: ResourceSpec,
@@ -183,9 +150,6 @@ def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: R
     """
     from ray.train.torch import TorchTrainer
 
-    storage = str(storage_path)
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())
     job = DiffuserJob(ray.put(windows), spec, seed, max(1, math.floor(resources.cpus_per_worker)), name,
                       condition_on_start)
     trainer = TorchTrainer(
@@ -194,7 +158,7 @@ def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: R
         scaling_config=scaling_config(resources),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage,
+            storage_path=storage_uri(storage_path),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             callbacks=callbacks,

@@ -1,0 +1,203 @@
+"""The alignment trainer: rho's input-gradient matched to the difference of two models' steps.
+
+    L(theta) = E || grad_x rho(x_next, t) - (x_expert - x_base) ||^2
+
+Triples stream from Parquet shards through Ray Data (`iter_torch_batches`) into a Ray
+Train worker; the gradient of rho is differentiated again (create_graph) for the update.
+With several workers, gradients are all-reduced by hand: DDP's hooks do not support
+this double backward.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.data
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn.functional as F
+
+from rrf_ray.checkpoints import make_ema, report_with_checkpoint, restore_training, training_state
+from rrf_ray.config import RewardSpec, ResourceSpec
+from rrf_ray.ray_utils import say, scaling_config, storage_uri, train_worker_setup
+from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_config, reward_gradient
+from rrf_ray.rrf.shards import Manifest, verify_shards
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The alignment loss became NaN or infinite; the message says at which step."""
+
+
+@dataclass
+class AlignJob:
+    spec: RewardSpec
+    horizon: int
+    transition_dim: int
+    normalizer: dict | None
+    seed: int
+    threads: int
+    label: str
+    has_val: bool
+
+
+def alignment_terms(net, batch: dict, device, create_graph: bool):
+    """(loss, grad rho, target) for a batch of triples."""
+    x = batch["x_next"].to(device).requires_grad_(True)
+    t = batch["t"].to(device).long()
+    target = (batch["x_expert"] - batch["x_base"]).to(device)
+    grad = reward_gradient(net, x, t, create_graph=create_graph)
+    return F.mse_loss(grad, target), grad, target
+
+
+def mean_cosine(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(grad.flatten(1), target.flatten(1), dim=1, eps=1e-12).mean()
+
+
+def _batches(shard, batch_size: int, device):
+    return shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
+                                    local_shuffle_buffer_size=4 * batch_size, device=device)
+
+
+def validate(net, shard, batch_size: int, n_batches: int, device) -> dict:
+    losses, cosines = [], []
+    for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, device=device)):
+        if i >= n_batches:
+            break
+        loss, grad, target = alignment_terms(net, batch, device, create_graph=False)
+        losses.append(loss.item())
+        cosines.append(mean_cosine(grad, target).item())
+    return {"val_loss": float(np.mean(losses)), "val_cosine": float(np.mean(cosines))} if losses else {}
+
+
+def align_loop_per_worker(config: dict) -> None:
+    job: AlignJob = config["job"]
+    spec = job.spec
+    rank, world, device = train_worker_setup(job.threads)
+    torch.manual_seed(job.seed)  # same initial weights on every worker
+
+    net = build_reward_net(spec, job.horizon, job.transition_dim)
+    ema = make_ema(net, spec.ema_decay)
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
+    state = restore_training(KIND, net, ema, optimizer)
+    step = resumed_from = int(state["step"]) if state else 0
+    net.to(device)
+    ema.to(device)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if job.has_val else None
+    batch = max(1, spec.batch_size // world)
+    config_json = reward_config(spec, job.horizon, job.transition_dim, job.normalizer)
+    if rank == 0:
+        what = f"resuming at step {step}" if resumed_from else "starting"
+        say(f"[{job.label}] {what}: {spec.train_steps} steps, batch {batch} x {world} worker(s) on {device}")
+
+    def checkpoint_state():
+        return training_state(net, ema, optimizer, step)
+
+    def report(metrics: dict, with_checkpoint: bool) -> None:
+        if with_checkpoint:
+            if val_shard is not None:
+                metrics.update(validate(ema.module, val_shard, batch, spec.val_batches, device))
+            report_with_checkpoint(metrics, rank, config_json, checkpoint_state)
+        else:
+            ray.train.report(metrics)
+
+    if step >= spec.train_steps:  # rebuilt after it had finished: hand back the final checkpoint
+        report({"step": step, "loss": float("nan"), "resumed_from_step": resumed_from}, True)
+        return
+    losses, cosines, t_last, steady = [], [], time.perf_counter(), None
+    while step < spec.train_steps:
+        for data in _batches(train_shard, batch, device):
+            loss, grad, target = alignment_terms(net, data, device, create_graph=True)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"[{job.label}] reward alignment loss is {loss.item()} at step {step}: "
+                                         "stopping (lower reward.learning_rate or set reward.grad_clip)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if world > 1:
+                for p in net.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= world
+            if spec.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip)
+            optimizer.step()
+            ema.update_parameters(net)
+            step += 1
+            losses.append(loss.item())
+            cosines.append(mean_cosine(grad.detach(), target).item())
+            last = step == spec.train_steps
+            if step % spec.log_every == 0 or step % spec.checkpoint_every == 0 or last:
+                now = time.perf_counter()
+                metrics = {"step": step, "loss": float(np.mean(losses)), "cosine": float(np.mean(cosines)),
+                           "samples_per_s": len(losses) * batch * world / max(now - t_last, 1e-9),
+                           "resumed_from_step": resumed_from}
+                if steady is None:
+                    steady = (now, step)
+                else:
+                    metrics["steady_samples_per_s"] = (step - steady[1]) * batch * world / (now - steady[0])
+                losses, cosines, t_last = [], [], now
+                with_checkpoint = step % spec.checkpoint_every == 0 or last
+                report(metrics, with_checkpoint)
+                if rank == 0:
+                    extra = f" val_loss {metrics['val_loss']:.5f} val_cos {metrics['val_cosine']:.3f}" \
+                        if "val_loss" in metrics else ""
+                    say(f"[{job.label}] step {step}/{spec.train_steps} loss {metrics['loss']:.5f} "
+                        f"cos {metrics['cosine']:.3f}{extra} ({metrics['samples_per_s']:.0f} samples/s)")
+            if last:
+                break
+
+
+def shard_datasets(shard_dir, materialize: bool | None = None) -> tuple[dict, Manifest]:
+    """Ray Datasets over the verified train/val shards of `shard_dir`.
+
+    materialize None: keep them in the object store when they fit comfortably (each
+    epoch then starts at once instead of re-reading every file); False: stream from disk.
+    """
+    manifest = verify_shards(shard_dir)
+    datasets = {}
+    total_bytes = sum(Path(p).stat().st_size for p in manifest.paths(shard_dir))
+    if materialize is None:
+        store = ray.available_resources().get("object_store_memory", 0)
+        materialize = total_bytes * 4 < store  # parquet is compressed; decoded tensors are larger
+    for split in ("train", "val"):
+        paths = manifest.paths(shard_dir, split)
+        if paths:
+            ds = ray.data.read_parquet(paths)
+            datasets[split] = ds.materialize() if materialize else ds
+    if "train" not in datasets:
+        raise ValueError(f"{shard_dir} has no training shards")
+    return datasets, manifest
+
+
+def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_path, name: str,
+                 seed: int = 0, normalizer: dict | None = None, materialize: bool | None = None,
+                 max_failures: int = 0, callbacks=None) -> ray.train.Result:
+    """Train (or resume) the reward run `name` on the shards of `shard_dir`; returns Ray's Result.
+
+    Shards are checked against their manifest first: a corrupt one fails here, naming the file.
+    """
+    from ray.train.torch import TorchTrainer
+
+    datasets, manifest = shard_datasets(shard_dir, materialize)
+    job = AlignJob(spec, manifest.horizon, manifest.transition_dim, normalizer, seed,
+                   max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets)
+    trainer = TorchTrainer(
+        align_loop_per_worker,
+        train_loop_config={"job": job},
+        scaling_config=scaling_config(resources),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_uri(storage_path),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            callbacks=callbacks,
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,229 @@
+"""Training triples for the relative reward, made by Ray tasks and written as Parquet shards.
+
+Algorithm 2 (`pregenerate`): from x_T ~ N(0, I) both models step in lock step. At each
+step t -> t-1 both take x_{t-1}(m) = mean_m(x_t) + std_t * z from the *same* x_t with the
+*same* noise z, so x_{t-1}(2) - x_{t-1}(1) = mean_2 - mean_1 exactly (no noise). The
+row (t, x_t, x_{t-1}(1), x_{t-1}(2)) is kept, and the chain continues with model m's
+output; chains following the base (kind 1) and the expert (kind 2) are both kept.
+
+Algorithm 1 (`dataset_noising`): x_0 from dataset windows, x_t by the forward process,
+both models' posterior means from x_t; grad rho is taken at x_t or at the base mean.
+
+A "model" is anything with n_timesteps, horizon, transition_dim, action_dim,
+posterior(x, t) -> (mean, std) and add_noise(x0, noise, t): a `TrajectoryDiffuser`, or a
+checkpoint directory of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+from pathlib import Path
+
+import cloudpickle
+import numpy as np
+import ray
+import torch
+from tqdm.auto import tqdm
+
+from rrf_ray.config import PregenSpec
+from rrf_ray.diffusion.model import apply_conditioning
+from rrf_ray.rrf.shards import Manifest, ShardError, shard_is_intact, triples_table, write_shard
+
+_MODELS: dict[str, object] = {}
+
+
+def resolve_model(ref):
+    """A model object from itself or from a checkpoint path (loaded once per process)."""
+    if isinstance(ref, (str, Path)):
+        key = str(Path(ref).resolve())
+        if key not in _MODELS:
+            from rrf_ray.diffusion.checkpoint import load_diffuser
+
+            _MODELS[key] = load_diffuser(key).model
+        return _MODELS[key]
+    return ref
+
+
+def model_fingerprint(ref) -> str:
+    """Content hash of a checkpoint directory or of a model object's bytes."""
+    h = hashlib.sha256()
+    if isinstance(ref, (str, Path)):
+        for f in sorted(Path(ref).iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+    else:
+        h.update(cloudpickle.dumps(ref))
+    return h.hexdigest()[:16]
+
+
+def check_compatible(base, expert) -> None:
+    for attr in ("n_timesteps", "horizon", "transition_dim", "action_dim"):
+        if getattr(base, attr) != getattr(expert, attr):
+            raise ValueError(f"base and expert models differ in {attr}: "
+                             f"{getattr(base, attr)} vs {getattr(expert, attr)}")
+
+
+def _device(gpus: float) -> torch.device:
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def lockstep_triples(base, expert, n_chains: int, follow: int, starts: np.ndarray | None,
+                     generator: torch.Generator, device: torch.device) -> dict:
+    """Algorithm 2 for one batch of chains following model `follow` (1 base, 2 expert)."""
+    shape = (n_chains, base.horizon, base.transition_dim)
+    cond = None
+    if starts is not None:
+        pick = torch.randint(0, len(starts), (n_chains,), generator=generator)
+        cond = {0: torch.as_tensor(starts, device=device)[pick.to(device)]}
+    x = apply_conditioning(torch.randn(shape, generator=generator).to(device), cond, base.action_dim)
+    rows = {"x_next": [], "x_base": [], "x_expert": [], "t": []}
+    for i in reversed(range(base.n_timesteps)):
+        t = torch.full((n_chains,), i, dtype=torch.long, device=device)
+        mean_1, std = base.posterior(x, t)
+        mean_2, _ = expert.posterior(x, t)
+        z = torch.randn(shape, generator=generator).to(device)
+        x_1 = apply_conditioning(mean_1 + std * z, cond, base.action_dim)
+        x_2 = apply_conditioning(mean_2 + std * z, cond, base.action_dim)
+        for key, value in (("x_next", x), ("x_base", x_1), ("x_expert", x_2)):
+            rows[key].append(value.float().cpu().numpy())
+        rows["t"].append(np.full(n_chains, i))
+        x = x_1 if follow == 1 else x_2
+    return {k: np.concatenate(v) for k, v in rows.items()}
+
+
+@torch.no_grad()
+def noised_triples(base, expert, x0: np.ndarray, grad_at: str, generator: torch.Generator,
+                   device: torch.device) -> dict:
+    """Algorithm 1 for a batch of dataset windows x0 (normalised)."""
+    x0 = torch.as_tensor(x0, device=device)
+    n = len(x0)
+    t = torch.randint(0, base.n_timesteps, (n,), generator=generator).to(device)
+    noise = torch.randn(x0.shape, generator=generator).to(device)
+    cond = {0: x0[:, 0, base.action_dim:]}
+    x_t = apply_conditioning(base.add_noise(x0, noise, t), cond, base.action_dim)
+    mean_1, _ = base.posterior(x_t, t)
+    mean_2, _ = expert.posterior(x_t, t)
+    mean_1 = apply_conditioning(mean_1, cond, base.action_dim)
+    mean_2 = apply_conditioning(mean_2, cond, base.action_dim)
+    x_eval = x_t if grad_at == "x_t" else mean_1
+    return {"x_next": x_eval.cpu().numpy(), "x_base": mean_1.cpu().numpy(),
+            "x_expert": mean_2.cpu().numpy(), "t": t.cpu().numpy()}
+
+
+@ray.remote
+def _make_shard(kind: str, base_ref, expert_ref, path: str, chain_ids: list[int], seed_seq,
+                starts, x0, grad_at: str, gpus: float) -> dict:
+    device = _device(gpus)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # one CPU per task: parallelism comes from running many tasks
+    base = resolve_model(base_ref).to(device).eval()
+    expert = resolve_model(expert_ref).to(device).eval()
+    generator = torch.Generator().manual_seed(int(seed_seq.generate_state(1)[0]))
+    parts = []
+    if kind == "pregenerate":
+        for follow in (1, 2):
+            part = lockstep_triples(base, expert, len(chain_ids), follow, starts, generator, device)
+            steps = base.n_timesteps
+            part["chain_kind"] = np.full(len(part["t"]), follow)
+            part["chain_id"] = np.tile(np.asarray(chain_ids), steps)
+            parts.append(part)
+    else:
+        part = noised_triples(base, expert, x0, grad_at, generator, device)
+        part["chain_kind"] = np.zeros(len(part["t"]))
+        part["chain_id"] = np.asarray(chain_ids)
+        parts.append(part)
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return write_shard(Path(path), triples_table(**merged))
+
+
+def _plan(spec: PregenSpec) -> list[list[int]]:
+    """Chain (or dataset-window) ids of each shard."""
+    total = spec.chains_per_kind if spec.algorithm == "pregenerate" else spec.noised_windows
+    per = spec.chains_per_shard if spec.algorithm == "pregenerate" else spec.noised_per_shard
+    n = math.ceil(total / per)
+    return [list(range(i * per, min(total, (i + 1) * per))) for i in range(n)]
+
+
+def _val_count(n_shards: int, fraction: float) -> int:
+    if fraction <= 0 or n_shards < 2:
+        return 0
+    return min(n_shards - 1, max(1, round(fraction * n_shards)))
+
+
+def pregenerate(base, expert, out_dir, spec: PregenSpec, seed: int = 0, starts: np.ndarray | None = None,
+                dataset_windows: np.ndarray | None = None, gpus_per_task: float = 0.0,
+                overwrite: bool = False, progress: bool = True) -> Manifest:
+    """Make (or complete, or repair) the shards of `out_dir`; returns its manifest.
+
+    starts: normalised start observations to inpaint (Algorithm 2), sampled per chain.
+    dataset_windows: normalised windows x0 (Algorithm 1), one triple each.
+    A rerun keeps intact shards and regenerates missing or corrupt ones.
+    """
+    base_model, expert_model = resolve_model(base), resolve_model(expert)
+    check_compatible(base_model, expert_model)
+    if spec.algorithm == "dataset_noising" and dataset_windows is None:
+        raise ValueError("dataset_noising needs dataset_windows (normalised x0 windows)")
+    out_dir = Path(out_dir)
+    fingerprint = {
+        "algorithm": spec.algorithm, "base": model_fingerprint(base), "expert": model_fingerprint(expert),
+        "seed": int(seed), "chains_per_kind": spec.chains_per_kind, "chains_per_shard": spec.chains_per_shard,
+        "val_fraction": spec.val_fraction,
+        "starts": None if starts is None else hashlib.sha256(np.ascontiguousarray(starts).tobytes()).hexdigest()[:16],
+    }
+    if spec.algorithm == "dataset_noising":
+        fingerprint.update(noised_windows=spec.noised_windows, noised_per_shard=spec.noised_per_shard,
+                           grad_at=spec.grad_at,
+                           noising_source=spec.noising_source,
+                           windows=hashlib.sha256(np.ascontiguousarray(dataset_windows).tobytes()).hexdigest()[:16])
+    manifest = Manifest.load(out_dir)
+    if manifest is not None and manifest.fingerprint != fingerprint:
+        if not overwrite:
+            raise ShardError(f"{out_dir} holds shards made from another spec or other models; "
+                             "use a new directory or overwrite=True")
+        shutil.rmtree(out_dir)
+        manifest = None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if manifest is None:
+        manifest = Manifest(fingerprint, base_model.horizon, base_model.transition_dim)
+
+    plan = _plan(spec)
+    n_val = _val_count(len(plan), spec.val_fraction)
+    names = [f"shard-{i:05d}.parquet" for i in range(len(plan))]
+    splits = ["val" if i >= len(plan) - n_val else "train" for i in range(len(plan))]
+    todo = [i for i, name in enumerate(names) if not shard_is_intact(out_dir, name, manifest.shards.get(name))]
+    for i in todo:
+        manifest.shards.pop(names[i], None)
+    manifest.save(out_dir)
+
+    steps = base_model.n_timesteps
+    rows_of = [2 * len(ids) * steps if spec.algorithm == "pregenerate" else len(ids) for ids in plan]
+    base_ref = base if isinstance(base, (str, Path)) else ray.put(base)
+    expert_ref = expert if isinstance(expert, (str, Path)) else ray.put(expert)
+    starts_ref = None if starts is None else ray.put(np.asarray(starts, dtype=np.float32))
+    rng = np.random.default_rng([int(seed), 7])
+    windows = None
+    if dataset_windows is not None:
+        windows = np.asarray(dataset_windows, dtype=np.float32)
+        windows = windows[rng.integers(len(windows), size=spec.noised_windows)]
+    pending = {}
+    for i in todo:
+        x0 = None if windows is None else windows[plan[i][0]:plan[i][-1] + 1]
+        ref = _make_shard.options(num_cpus=1, num_gpus=gpus_per_task).remote(
+            spec.algorithm, base_ref, expert_ref, str(out_dir / names[i]), plan[i],
+            np.random.SeedSequence([int(seed)], spawn_key=(i,)), starts_ref, x0, spec.grad_at, gpus_per_task)
+        pending[ref] = i
+    bar = tqdm(total=sum(rows_of), initial=sum(rows_of[i] for i in range(len(plan)) if i not in todo),
+               unit="rows", desc=f"triples -> {out_dir.name}", disable=not progress, mininterval=1.0)
+    with bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done[0])
+            entry = ray.get(done[0])
+            manifest.shards[names[i]] = {**entry, "split": splits[i]}
+            manifest.save(out_dir)
+            bar.update(entry["rows"])
+    return manifest

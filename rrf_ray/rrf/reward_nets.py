@@ -1,0 +1,146 @@
+"""Reward networks rho(x, t) on normalised windows (B, H, D) and diffusion steps t (B,).
+
+Both are smooth (Mish), since training differentiates their input-gradient again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import UNet1DModel
+from torch import nn
+
+from rrf_ray.config import RewardSpec
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """Sinusoidal embedding of the diffusion step, then an MLP (dim -> 4 dim -> dim)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / max(half - 1, 1))
+        angles = t.float()[:, None] * freqs[None]
+        emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
+        if emb.shape[-1] < self.dim:
+            emb = nn.functional.pad(emb, (0, self.dim - emb.shape[-1]))
+        return self.mlp(emb)
+
+
+class WindowMLPReward(nn.Module):
+    """Mean over contiguous sub-windows of `model_horizon` steps of MLP(sub-window, t).
+
+    model_horizon = 1 is a per-step reward g(s, a, t); model_horizon = H scores the whole
+    window at once. Sub-windows are consecutive blocks (not a strided interleaving).
+    """
+
+    def __init__(self, horizon: int, transition_dim: int, model_horizon: int = 1,
+                 hidden=(128, 64, 32), t_embed_dim: int = 32):
+        super().__init__()
+        if horizon % model_horizon:
+            raise ValueError(f"reward model_horizon {model_horizon} must divide the window horizon {horizon}")
+        self.horizon, self.transition_dim, self.model_horizon = horizon, transition_dim, model_horizon
+        self.time = SinusoidalTimeEmbedding(t_embed_dim)
+        layers, width = [], model_horizon * transition_dim + t_embed_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.Mish()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b, h, d = x.shape
+        n = h // self.model_horizon
+        blocks = x.reshape(b, n, self.model_horizon * d)  # consecutive steps stay together
+        temb = self.time(t)[:, None, :].expand(b, n, -1)
+        return self.mlp(torch.cat([blocks, temb], dim=-1)).squeeze(-1).mean(dim=1)
+
+
+class ValueUNetReward(nn.Module):
+    """Janner's "ValueFunction": a temporal U-Net encoder over the whole window, plus t, to a scalar."""
+
+    def __init__(self, horizon: int, transition_dim: int, dim: int = 32, dim_mults=(1, 2, 4, 8)):
+        super().__init__()
+        channels = tuple(dim * m for m in dim_mults)
+        self.net = UNet1DModel(
+            sample_size=horizon, in_channels=transition_dim, out_channels=1, extra_in_channels=0,
+            time_embedding_type="positional", flip_sin_to_cos=False, use_timestep_embedding=True,
+            freq_shift=1, down_block_types=("DownResnetBlock1D",) * len(channels), up_block_types=(),
+            mid_block_type="ValueFunctionMidBlock1D", out_block_type="ValueFunction",
+            block_out_channels=channels, act_fn="mish", norm_num_groups=min(8, dim), layers_per_block=1,
+            downsample_each_block=True,
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x.transpose(1, 2), t).sample.squeeze(-1)
+
+
+def build_reward_net(spec: RewardSpec, horizon: int, transition_dim: int) -> nn.Module:
+    if spec.kind == "window_mlp":
+        return WindowMLPReward(horizon, transition_dim, spec.model_horizon, spec.hidden, spec.t_embed_dim)
+    return ValueUNetReward(horizon, transition_dim, spec.unet_dim, spec.unet_dim_mults)
+
+
+def reward_gradient(net: nn.Module, x: torch.Tensor, t: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """grad_x rho(x, t); with create_graph the result can be differentiated again (training)."""
+    with torch.enable_grad():
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        grad, = torch.autograd.grad(net(x, t).sum(), x, create_graph=create_graph)
+    return grad
+
+
+# -- trained rewards, usable outside Ray ------------------------------------------------
+
+KIND = "reward_net"
+
+
+def reward_config(spec: RewardSpec, horizon: int, transition_dim: int, normalizer: dict | None) -> dict:
+    return {"kind": KIND, "reward": spec.model_dump(mode="json"), "horizon": horizon,
+            "transition_dim": transition_dim, "normalizer": normalizer}
+
+
+class TrainedReward:
+    """A trained rho with the normaliser of the windows it scores."""
+
+    def __init__(self, net: nn.Module, config: dict, step: int):
+        self.net, self.config, self.step = net.eval(), config, step
+        self.horizon, self.transition_dim = config["horizon"], config["transition_dim"]
+
+    @property
+    def normalizer(self):
+        from rrf_ray.data.windows import Normalizer
+
+        return Normalizer.from_dict(self.config["normalizer"]) if self.config.get("normalizer") else None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """rho(x, t) on normalised windows: differentiable, usable as a sampling guide."""
+        return self.net(x, t)
+
+    @torch.no_grad()
+    def score(self, x, t: int = 0, batch_size: int = 4096) -> "np.ndarray":
+        """Rewards of normalised windows (N, H, D) at diffusion step t, as numpy."""
+        import numpy as np
+
+        device = next(self.net.parameters()).device
+        out = []
+        for i in range(0, len(x), batch_size):
+            xb = torch.as_tensor(np.asarray(x[i:i + batch_size], dtype=np.float32), device=device)
+            out.append(self.net(xb, torch.full((len(xb),), t, device=device, dtype=torch.long)).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def load_reward(path, use_ema: bool = True, device: str = "cpu") -> TrainedReward:
+    """A reward network from a checkpoint directory (or a `ray.train.Checkpoint`)."""
+    from rrf_ray.checkpoints import as_directory, read_checkpoint
+
+    with as_directory(path) as d:
+        config, state = read_checkpoint(d, KIND)
+    net = build_reward_net(RewardSpec.model_validate(config["reward"]), config["horizon"], config["transition_dim"])
+    net.load_state_dict(state["ema" if use_ema else "model"])
+    return TrainedReward(net.to(device), config, int(state["step"]))

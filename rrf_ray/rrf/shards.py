@@ -1,0 +1,126 @@
+"""Parquet shards of training triples, and the manifest that says which ones to trust.
+
+Columns: `x_next`, `x_base`, `x_expert` as fixed-shape float32 tensor columns [H, D]
+(Arrow's canonical `fixed_shape_tensor`: Ray Data reads them as (B, H, D) tensors; a
+list-of-arrays column is ~100x slower), plus `t` (diffusion step of x_next),
+`chain_kind` (1: the chain followed the base model, 2: the expert, 0: dataset noising)
+and `chain_id`. Each shard is written to a temp file and renamed; the manifest records
+its rows and SHA-256 and is itself replaced atomically after each shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rrf_ray.atomic import write_atomic
+
+MANIFEST = "manifest.json"
+TENSOR_COLUMNS = ("x_next", "x_base", "x_expert")
+
+
+class ShardError(RuntimeError):
+    """A missing, truncated, corrupt or schema-mismatched shard; the message names the file."""
+
+
+def triples_table(x_next, x_base, x_expert, t, chain_kind, chain_id) -> pa.Table:
+    columns = {name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(a, dtype=np.float32))
+               for name, a in zip(TENSOR_COLUMNS, (x_next, x_base, x_expert))}
+    columns["t"] = pa.array(np.asarray(t, dtype=np.int32))
+    columns["chain_kind"] = pa.array(np.asarray(chain_kind, dtype=np.int8))
+    columns["chain_id"] = pa.array(np.asarray(chain_id, dtype=np.int64))
+    return pa.table(columns)
+
+
+def expected_schema(horizon: int, transition_dim: int) -> pa.Schema:
+    tensor = pa.fixed_shape_tensor(pa.float32(), [horizon, transition_dim])
+    return pa.schema([(c, tensor) for c in TENSOR_COLUMNS]
+                     + [("t", pa.int32()), ("chain_kind", pa.int8()), ("chain_id", pa.int64())])
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shard(path: Path, table: pa.Table) -> dict:
+    """Write atomically; returns the manifest entry {rows, sha256}."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return {"rows": table.num_rows, "sha256": file_sha256(path)}
+
+
+@dataclass
+class Manifest:
+    """What a shard directory holds: its spec fingerprint, shape, and each complete shard."""
+
+    fingerprint: dict
+    horizon: int
+    transition_dim: int
+    shards: dict[str, dict] = field(default_factory=dict)  # name -> {rows, sha256, split}
+
+    @classmethod
+    def load(cls, directory) -> "Manifest | None":
+        path = Path(directory) / MANIFEST
+        if not path.exists():
+            return None
+        d = json.loads(path.read_text())
+        return cls(d["fingerprint"], d["horizon"], d["transition_dim"], d["shards"])
+
+    def save(self, directory) -> None:
+        body = {"fingerprint": self.fingerprint, "horizon": self.horizon,
+                "transition_dim": self.transition_dim, "shards": self.shards}
+        write_atomic(Path(directory) / MANIFEST, json.dumps(body, indent=1, sort_keys=True))
+
+    def paths(self, directory, split: str | None = None) -> list[str]:
+        return [str(Path(directory) / name) for name, entry in sorted(self.shards.items())
+                if split is None or entry["split"] == split]
+
+    def rows(self, split: str | None = None) -> int:
+        return sum(e["rows"] for e in self.shards.values() if split is None or e["split"] == split)
+
+
+def shard_is_intact(directory, name: str, entry: dict | None) -> bool:
+    path = Path(directory) / name
+    return entry is not None and path.exists() and file_sha256(path) == entry["sha256"]
+
+
+def verify_shards(directory) -> Manifest:
+    """Check every shard against the manifest (checksum, readable footer, schema, rows).
+
+    Raises ShardError naming the first bad file; run pre-generation again to repair it.
+    """
+    directory = Path(directory)
+    manifest = Manifest.load(directory)
+    if manifest is None:
+        raise ShardError(f"no {MANIFEST} in {directory}: pre-generate the triples first")
+    schema = expected_schema(manifest.horizon, manifest.transition_dim)
+    for name, entry in sorted(manifest.shards.items()):
+        path = directory / name
+        if not path.exists():
+            raise ShardError(f"shard {path} is missing; run pre-generation again to regenerate it")
+        if file_sha256(path) != entry["sha256"]:
+            raise ShardError(f"shard {path} is corrupt or truncated (checksum mismatch); "
+                             "run pre-generation again to regenerate it")
+        try:
+            meta = pq.read_metadata(path)
+            found = pq.read_schema(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for bad files
+            raise ShardError(f"shard {path} cannot be read as Parquet: {e}") from None
+        if not found.equals(schema, check_metadata=False):
+            raise ShardError(f"shard {path} has schema {found} but {schema} was expected")
+        if meta.num_rows != entry["rows"]:
+            raise ShardError(f"shard {path} has {meta.num_rows} rows, the manifest says {entry['rows']}")
+    return manifest
