@@ -30,9 +30,15 @@ class ShardError(RuntimeError):
     """A missing, truncated, corrupt or schema-mismatched shard; the message names the file."""
 
 
+def tensor_column(a: np.ndarray) -> pa.ExtensionArray:
+    """(N, *shape) float32 -> fixed-shape tensor column, zero-copy (from_numpy_ndarray copies slowly)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), int(np.prod(a.shape[1:])))
+    return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), list(a.shape[1:])), storage)
+
+
 def triples_table(x_next, x_base, x_expert, t, chain_kind, chain_id) -> pa.Table:
-    columns = {name: pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(a, dtype=np.float32))
-               for name, a in zip(TENSOR_COLUMNS, (x_next, x_base, x_expert))}
+    columns = {name: tensor_column(a) for name, a in zip(TENSOR_COLUMNS, (x_next, x_base, x_expert))}
     columns["t"] = pa.array(np.asarray(t, dtype=np.int32))
     columns["chain_kind"] = pa.array(np.asarray(chain_kind, dtype=np.int8))
     columns["chain_id"] = pa.array(np.asarray(chain_id, dtype=np.int64))
@@ -57,7 +63,8 @@ def write_shard(path: Path, table: pa.Table) -> dict:
     """Write atomically; returns the manifest entry {rows, sha256}."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
+    # Dictionary encoding of float tensors only costs time; lz4 is cheap.
+    pq.write_table(table, tmp, compression="lz4", use_dictionary=False)
     os.replace(tmp, path)
     return {"rows": table.num_rows, "sha256": file_sha256(path)}
 
