@@ -141,6 +141,17 @@ class ResourceSpec(Strict):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(1.0, ge=0.0)
     max_concurrent_trials: int | None = Field(None, gt=0)
+    trial_cpus: float = Field(0.1, gt=0.0, description="CPUs held by a trial's own process (its Train runs ask for theirs)")
+    pregen_gpus_per_task: float = Field(0.25, ge=0.0, description="GPU fraction per pre-generation task when use_gpu")
+    max_failures: int = Field(2, ge=0, description="retries of a failed trial")
+    num_cpus: int | None = Field(None, gt=0, description="logical CPUs of a local Ray (default: cores + 1, headroom for Ray Data)")
+
+
+class EstimateSpec(Strict):
+    """Step rates for --dry-run's GPU-hour estimate; measure yours with benchmarks/diffuser_train.py."""
+
+    diffuser_samples_per_s: float = Field(2000.0, gt=0.0)
+    reward_samples_per_s: float = Field(40000.0, gt=0.0)
 
 
 class SweepSpec(Strict):
@@ -160,6 +171,9 @@ class SweepSpec(Strict):
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)
     pregen: PregenSpec = Field(default_factory=PregenSpec)
+    estimate: EstimateSpec = Field(default_factory=EstimateSpec)
+    data_seed: int = Field(0, description="seed of the generated datasets (model seeds are `seeds`)")
+    base_per_seed: bool = Field(False, description="one base diffuser per seed instead of one per maze")
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
 
     @field_validator("mazes")

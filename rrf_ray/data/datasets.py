@@ -178,7 +178,7 @@ def generate_maze2d(maze: Maze, goal: int | None, transitions: int, seed: int, d
         def submit_more():
             # Keep `workers` chunks in flight; called before writing so workers never wait on disk.
             for i in itertools.islice(todo, max(0, workers - len(pending))):
-                ref = _remote_chunk.options(num_cpus=1).remote(maze, goal_rowcol, plan[i], seeds[i], data)
+                ref = _remote_chunk.options(num_cpus=1, scheduling_strategy="DEFAULT").remote(maze, goal_rowcol, plan[i], seeds[i], data)
                 pending[ref] = i
 
         bar = tqdm(total=transitions, unit="steps", desc=did, disable=not progress, mininterval=1.0)

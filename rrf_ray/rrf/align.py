@@ -79,6 +79,7 @@ def align_loop_per_worker(config: dict) -> None:
     job: AlignJob = config["job"]
     spec = job.spec
     rank, world, device = train_worker_setup(job.threads)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the step lines say enough
     torch.manual_seed(job.seed)  # same initial weights on every worker
 
     net = build_reward_net(spec, job.horizon, job.transition_dim)

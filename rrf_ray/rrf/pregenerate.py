@@ -212,7 +212,8 @@ def pregenerate(base, expert, out_dir, spec: PregenSpec, seed: int = 0, starts: 
     pending = {}
     for i in todo:
         x0 = None if windows is None else windows[plan[i][0]:plan[i][-1] + 1]
-        ref = _make_shard.options(num_cpus=1, num_gpus=gpus_per_task).remote(
+        # "DEFAULT": outside the caller's placement group (a Tune trial's holds just its own process)
+        ref = _make_shard.options(num_cpus=1, num_gpus=gpus_per_task, scheduling_strategy="DEFAULT").remote(
             spec.algorithm, base_ref, expert_ref, str(out_dir / names[i]), plan[i],
             np.random.SeedSequence([int(seed)], spawn_key=(i,)), starts_ref, x0, spec.grad_at, gpus_per_task)
         pending[ref] = i
