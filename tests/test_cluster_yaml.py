@@ -133,10 +133,10 @@ def test_cluster_yaml_is_valid_for_ray_and_keeps_its_promises(offline):
         assert flag in head_start, flag
     assert "ray start --address=$RAY_HEAD_IP:6379" in " ".join(worker_cmds[1:])
 
-    # The comments tell users what the YAML cannot: storage must be S3, and how to look.
+    # The comments tell users what the YAML cannot: storage must be shared, and how to look.
     comments = "\n".join(ln for ln in CLUSTER_YAML.read_text().splitlines() if ln.lstrip().startswith("#"))
-    for needle in ("--storage s3://", "IamInstanceProfile", "iam:PassRole", "ray dashboard cluster.yaml",
-                   "tensorboard --logdir s3://", "--resume"):
+    for needle in ("--storage /mnt/shared", "s3://", "IamInstanceProfile", "iam:PassRole",
+                   "ray dashboard cluster.yaml", "tensorboard --logdir", "--resume"):
         assert needle in comments, needle
 
 

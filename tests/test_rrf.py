@@ -165,3 +165,28 @@ def test_window_mlp_uses_contiguous_blocks():
     torch.testing.assert_close(net(x_split, t), separable)
     with pytest.raises(ValueError, match="must divide"):
         WindowMLPReward(horizon=5, transition_dim=1, model_horizon=2)
+
+
+def test_value_unet_reward_supports_the_double_backward():
+    from rrf_ray.rrf.reward_nets import build_reward_net
+
+    net = build_reward_net(RewardSpec(kind="value_unet", unet_dim=8, unet_dim_mults=[1, 2]), horizon=8,
+                           transition_dim=5)
+    x = torch.randn(3, 8, 5, requires_grad=True)
+    grad = reward_gradient(net, x, torch.tensor([0, 3, 9]), create_graph=True)
+    assert grad.shape == x.shape
+    grad.pow(2).mean().backward()  # reaches the parameters through the input-gradient
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_reward_run_resumes_from_its_checkpoint(ray_local, tmp_path):
+    base, expert, _ = analytic_pair()
+    pregenerate(base, expert, tmp_path / "s", PregenSpec(chains_per_kind=16, chains_per_shard=8, val_fraction=0.0),
+                seed=0, progress=False)
+    spec = RewardSpec(model_horizon=H, batch_size=32, train_steps=20, checkpoint_every=10, log_every=10)
+    first = train_reward(tmp_path / "s", spec, ResourceSpec(), tmp_path / "runs", "resume")
+    assert first.metrics["step"] == 20 and first.metrics["resumed_from_step"] == 0
+    again = train_reward(tmp_path / "s", spec.model_copy(update={"train_steps": 40}), ResourceSpec(),
+                         tmp_path / "runs", "resume")
+    assert again.metrics["resumed_from_step"] == 20 and again.metrics["step"] == 40
+    assert load_reward(again.checkpoint).step == 40
