@@ -60,6 +60,7 @@ class WindowSpec(Strict):
 
     horizon: int = Field(256, gt=0)
     stride: int = Field(1, gt=0)
+    pad_end: bool = Field(False, description="windows may start at every step, the tail resting at the episode end")
 
     @property
     def span(self) -> int:

@@ -108,7 +108,7 @@ def windows(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int | None, spl
     from rrf_ray.data.windows import load_windows
 
     return load_windows(dataset_id(maze, goal), spec.windows.horizon, spec.windows.stride, split=split,
-                        root=paths.datasets, normalizer=normalizer or "minmax")
+                        root=paths.datasets, normalizer=normalizer or "minmax", pad_end=spec.windows.pad_end)
 
 
 # -- stage 2 and 3 trainables (run as Tune trials) --------------------------------------

@@ -82,3 +82,17 @@ def test_normalizer_round_trip():
 def test_missing_dataset_says_how_to_make_it(tmp_path):
     with pytest.raises(DatasetError, match=r"python -m rrf_ray.data maze2d --maze large --goal 5 --root"):
         load_windows("rrf/maze2d-large/goal5-v0", 8, root=tmp_path)
+
+
+def test_pad_end_starts_a_window_at_every_step(root):
+    did = "rrf/maze2d-umaze/base-v0"
+    inside = load_windows(did, horizon=16, stride=4, root=root)
+    padded = load_windows(did, horizon=16, stride=4, root=root, pad_end=True, normalizer=inside.normalizer)
+    ds = minari.MinariDataset(dataset_dir(did, root) / "data")
+    train = split_episodes(ds, "train")
+    steps = sum(len(ds[int(i)].observations) for i in train)
+    assert len(padded) == steps > len(inside)
+    # the last window of an episode starts at its final observation and rests there
+    last = padded.normalizer.unnormalize(padded[len(padded) - 1])
+    np.testing.assert_allclose(last[:, :2], 0.0, atol=1e-5)
+    np.testing.assert_allclose(last[:, 2:], np.repeat(last[:1, 2:], 16, axis=0), atol=1e-5)

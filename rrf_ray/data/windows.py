@@ -141,11 +141,15 @@ def split_episodes(dataset, split: Split) -> np.ndarray:
 
 
 def load_windows(did: str, horizon: int, stride: int = 1, split: Split = "train", root=None,
-                 normalizer: Normalizer | Literal["minmax", "standard"] = "minmax") -> TrajectoryWindows:
+                 normalizer: Normalizer | Literal["minmax", "standard"] = "minmax",
+                 pad_end: bool = False) -> TrajectoryWindows:
     """Windows of a local Minari dataset.
 
     `normalizer` is a fitted Normalizer (share one between base and expert models so
     their outputs live in the same space) or the kind to fit on this split's rows.
+    pad_end: a window may start at any step of an episode, its tail resting at the
+    episode's end (Janner's `use_padding`); otherwise windows lie inside the episode
+    (one padded window for an episode shorter than a window).
     """
     dataset = open_dataset(did, root)
     episodes = split_episodes(dataset, split)
@@ -157,8 +161,8 @@ def load_windows(did: str, horizon: int, stride: int = 1, split: Split = "train"
         if isinstance(obs, dict):
             obs = obs["observation"]
         action_dim = act.shape[1]
-        rows = episode_rows(obs, act, span)
-        n_windows = len(rows) - span + 1
+        rows = episode_rows(obs, act, len(obs) + span - 1 if pad_end else span)
+        n_windows = len(obs) if pad_end else len(rows) - span + 1
         chunks.append(rows)
         starts.append(offset + np.arange(n_windows))
         owners.append(np.full(n_windows, ep.id))
