@@ -170,13 +170,15 @@ def test_window_mlp_uses_contiguous_blocks():
 def test_value_unet_reward_supports_the_double_backward():
     from rrf_ray.rrf.reward_nets import build_reward_net
 
-    net = build_reward_net(RewardSpec(kind="value_unet", unet_dim=8, unet_dim_mults=[1, 2]), horizon=8,
+    net = build_reward_net(RewardSpec(kind="value_unet", unet_dim=16, unet_dim_mults=[1, 2]), horizon=8,
                            transition_dim=5)
     x = torch.randn(3, 8, 5, requires_grad=True)
     grad = reward_gradient(net, x, torch.tensor([0, 3, 9]), create_graph=True)
     assert grad.shape == x.shape
     grad.pow(2).mean().backward()  # reaches the parameters through the input-gradient
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_reward_net(RewardSpec(kind="value_unet", unet_dim=8, unet_dim_mults=[1, 2]), 8, 5)
 
 
 def test_reward_run_resumes_from_its_checkpoint(ray_local, tmp_path):

@@ -67,6 +67,8 @@ class ValueUNetReward(nn.Module):
     def __init__(self, horizon: int, transition_dim: int, dim: int = 32, dim_mults=(1, 2, 4, 8)):
         super().__init__()
         channels = tuple(dim * m for m in dim_mults)
+        if channels[-1] % 32:  # the value head narrows to channels/4 under 8-group norms
+            raise ValueError(f"value_unet: unet_dim * last dim_mult must be a multiple of 32, got {channels[-1]}")
         self.net = UNet1DModel(
             sample_size=horizon, in_channels=transition_dim, out_channels=1, extra_in_channels=0,
             time_embedding_type="positional", flip_sin_to_cos=False, use_timestep_embedding=True,
