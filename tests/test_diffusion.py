@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from rrf_ray.config import DiffusionSpec, GuidanceSpec, ResourceSpec

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from diffusers import UNet1DModel
 from torch import nn
@@ -125,10 +126,8 @@ class TrainedReward:
         return self.net(x, t)
 
     @torch.no_grad()
-    def score(self, x, t: int = 0, batch_size: int = 4096) -> "np.ndarray":
+    def score(self, x, t: int = 0, batch_size: int = 4096) -> np.ndarray:
         """Rewards of normalised windows (N, H, D) at diffusion step t, as numpy."""
-        import numpy as np
-
         device = next(self.net.parameters()).device
         out = []
         for i in range(0, len(x), batch_size):
