@@ -64,6 +64,16 @@ def scaling_config(resources: ResourceSpec) -> ray.train.ScalingConfig:
                                    resources_per_worker=per_worker)
 
 
+def train_run_config(name: str, storage_path, max_failures: int = 0, callbacks=None) -> ray.train.RunConfig:
+    """A Ray Train run `name` under `storage_path`: rebuilt with the same two, it resumes."""
+    return ray.train.RunConfig(
+        name=name, storage_path=storage_uri(storage_path),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        callbacks=callbacks,
+    )
+
+
 def storage_uri(storage) -> str:
     """Ray wants absolute local paths; URIs (s3://, gs://) pass through."""
     storage = str(storage)

@@ -24,7 +24,7 @@ from rrf_ray.data.windows import TrajectoryWindows
 from rrf_ray.checkpoints import make_ema, report_with_checkpoint, restore_training, training_state
 from rrf_ray.diffusion.checkpoint import KIND, diffuser_config
 from rrf_ray.diffusion.model import TrajectoryDiffuser
-from rrf_ray.ray_utils import say, scaling_config, storage_uri, train_worker_setup
+from rrf_ray.ray_utils import say, scaling_config, train_run_config, train_worker_setup
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -156,12 +156,6 @@ def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: R
         train_loop_per_worker,
         train_loop_config={"job": job},
         scaling_config=scaling_config(resources),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage_uri(storage_path),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=callbacks,
-        ),
+        run_config=train_run_config(name, storage_path, max_failures, callbacks),
     )
     return trainer.fit()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from rrf_ray.checkpoints import make_ema, report_with_checkpoint, restore_training, training_state
 from rrf_ray.config import RewardSpec, ResourceSpec
-from rrf_ray.ray_utils import say, scaling_config, storage_uri, train_worker_setup
+from rrf_ray.ray_utils import say, scaling_config, train_run_config, train_worker_setup
 from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_config, reward_gradient
 from rrf_ray.rrf.shards import Manifest, verify_shards
 
@@ -194,11 +194,6 @@ def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_p
         scaling_config=scaling_config(resources),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=storage_uri(storage_path),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            callbacks=callbacks,
-        ),
+        run_config=train_run_config(name, storage_path, max_failures, callbacks),
     )
     return trainer.fit()
