@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from rrf_ray.mazes import DEFAULT_GOALS, DEFAULT_LAYOUTS, Maze, MazeError
 
@@ -50,6 +51,9 @@ class DataSpec(Strict):
     base_goal_radius: float = Field(0.5, gt=0.0, description="base data: a goal this close counts as reached")
     expert_goal_radius: float = Field(0.1, gt=0.0, description="expert data: the episode ends this close to the goal")
     base_goal_timeout: int = Field(1000, gt=0, description="base data: steps before an unreached goal is re-drawn")
+    base_split_at_goals: bool = Field(
+        True, description="base data: a new episode at every goal change; false: one continuous episode per "
+        "chunk (D4RL's stream), so windows run through goal changes and none rests at an arbitrary point")
     expert_max_steps: int = Field(1000, gt=0, description="expert data: episodes not at the goal by then are dropped")
     cell_margin: float = Field(0.1, ge=0.0, lt=0.5, description="starts and goals keep this far from cell edges")
     workers: int | None = Field(None, gt=0, description="parallel Ray tasks (default: all CPUs)")
@@ -85,6 +89,29 @@ class DiffusionSpec(Strict):
     action_weight: float = Field(1.0, gt=0.0)
     checkpoint_every: int = Field(10_000, gt=0)
     log_every: int = Field(100, gt=0, description="steps between progress lines and metric reports")
+
+
+class ExpertSpec(Strict):
+    """How each expert diffuser is trained, where it differs from the base (`diffusion`).
+
+    The paper trains experts from scratch. `init: base` fine-tunes a copy of the trained base
+    diffuser on the expert data instead: the two models then share everything the expert data
+    does not change, so their step difference (what the reward learns) carries less
+    training noise, and far fewer steps suffice. The CPU profiles use it.
+    """
+
+    init: Literal["scratch", "base"] = "scratch"
+    train_steps: int | None = Field(None, gt=0, description="default: diffusion.train_steps")
+    learning_rate: float | None = Field(None, gt=0.0, description="default: diffusion.learning_rate")
+    ema_start: int | None = Field(None, ge=0, description="default: diffusion.ema_start")
+
+    def diffusion(self, base: "DiffusionSpec") -> "DiffusionSpec":
+        """The expert's training spec: the base's, with this spec's overrides."""
+        changes = {k: v for k, v in (("train_steps", self.train_steps), ("learning_rate", self.learning_rate),
+                                     ("ema_start", self.ema_start)) if v is not None}
+        if self.train_steps is not None:
+            changes["checkpoint_every"] = min(base.checkpoint_every, self.train_steps)
+        return base.model_copy(update=changes)
 
 
 class GuidanceSpec(Strict):
@@ -148,6 +175,16 @@ class ResourceSpec(Strict):
     num_cpus: int | None = Field(None, gt=0, description="logical CPUs of a local Ray (default: cores + 1, headroom for Ray Data)")
 
 
+class EvaluationSpec(Strict):
+    """Held-out scoring (SPEC section 4)."""
+
+    horizon: int | None = Field(
+        None, gt=0, description="rows of the held-out windows that are scored (default: windows.horizon). "
+        "A per-step reward (window_mlp) scores any length; shorter windows give each window's reward to a "
+        "shorter stretch of path, so the heatmap resolves the goal instead of smearing it over the span")
+    max_windows: int = Field(20_000, gt=0, description="held-out windows scored per dataset (a seeded subsample)")
+
+
 class EstimateSpec(Strict):
     """Step rates for --dry-run's GPU-hour estimate; measure yours with benchmarks/diffuser_train.py."""
 
@@ -170,8 +207,10 @@ class SweepSpec(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     windows: WindowSpec = Field(default_factory=WindowSpec)
     diffusion: DiffusionSpec = Field(default_factory=DiffusionSpec)
+    expert: ExpertSpec = Field(default_factory=ExpertSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)
     pregen: PregenSpec = Field(default_factory=PregenSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     estimate: EstimateSpec = Field(default_factory=EstimateSpec)
     data_seed: int = Field(0, description="seed of the generated datasets (model seeds are `seeds`)")
     base_per_seed: bool = Field(False, description="one base diffuser per seed instead of one per maze")
@@ -192,6 +231,26 @@ class SweepSpec(Strict):
                 if not 1 <= k <= len(m.goals):
                     raise ValueError(f"goal {k} does not exist in maze {name!r} (goals 1..{len(m.goals)})")
         return goals
+
+    @model_validator(mode="after")
+    def _evaluation_windows_fit_the_reward(self) -> "SweepSpec":
+        h = self.evaluation.horizon
+        if h is None or h == self.windows.horizon:
+            return self
+        if self.reward.kind != "window_mlp":
+            raise ValueError(f"evaluation.horizon {h}: a {self.reward.kind} reward scores windows of exactly "
+                             f"windows.horizon ({self.windows.horizon}) rows; leave evaluation.horizon unset")
+        if h % self.reward.model_horizon:
+            raise ValueError(f"evaluation.horizon {h} must be a multiple of reward.model_horizon "
+                             f"({self.reward.model_horizon})")
+        return self
+
+    @property
+    def evaluation_windows(self) -> WindowSpec:
+        """The window spec of held-out scoring: the training windows', with evaluation.horizon rows."""
+        if self.evaluation.horizon is None:
+            return self.windows
+        return self.windows.model_copy(update={"horizon": self.evaluation.horizon})
 
     def maze(self, name: str) -> Maze:
         if name not in self.mazes:

@@ -47,6 +47,16 @@ def say(message: str) -> None:
     sys.stdout.flush()
 
 
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars or "Starting execution" lines in this process: the reward
+    trainer runs one execution per epoch, and the step lines already say how it goes."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
 def quiet_train_worker_logs() -> None:
     """Silence Train V2's per-report INFO line ("Reporting training result ..."); keep warnings."""
     try:

@@ -38,7 +38,8 @@ from rrf_ray.mazes import DEFAULT_LAYOUTS, Maze, MazeError
 TRIALS_FILE, RESULT_FILE, HEATMAP_FILE = "trials.json", "result.json", "heatmap.npz"
 METRIC_FIELDS = ["goal_recovered", "goal_distance", "peak_x", "peak_y", "accuracy", "roc_auc", "erc",
                  "n_base_windows", "n_expert_windows"]
-CSV_FIELDS = ["trial_id", "maze", "goal", "seed", "status", "error"] + METRIC_FIELDS
+PHASE_FIELDS = ["expert_s", "pregen_s", "reward_s", "eval_s"]  # wall-clock seconds per trial phase
+CSV_FIELDS = ["trial_id", "maze", "goal", "seed", "status", "error"] + METRIC_FIELDS + PHASE_FIELDS
 GROUPS = {"open+umaze": ("open", "umaze"), "medium+large": ("medium", "large")}
 
 # The paper's Maze2D numbers (SPEC section 4).
@@ -180,7 +181,7 @@ def write_results_csv(trials: list[Trial], path: Path) -> Path:
     for t in trials:
         row = {"trial_id": t.trial_id, "maze": t.maze, "goal": t.goal, "seed": t.seed, "status": t.status,
                "error": t.error or ""}
-        for f in METRIC_FIELDS:
+        for f in METRIC_FIELDS + PHASE_FIELDS:
             row[f] = "" if t.metrics is None or t.metrics.get(f) is None else t.metrics[f]
         writer.writerow(row)
     return write_atomic(path, buf.getvalue())

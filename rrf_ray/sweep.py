@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def base_key(spec: SweepSpec, maze: str, seed: int) -> str:
 
 
 def expert_key(spec: SweepSpec, maze: str, goal: int, seed: int) -> str:
-    return artifact_key("expert", base_key(spec, maze, seed), goal, seed)
+    return artifact_key("expert", base_key(spec, maze, seed), spec.expert, goal, seed)
 
 
 def shards_key(spec: SweepSpec, maze: str, goal: int, seed: int) -> str:
@@ -85,6 +86,11 @@ def shards_key(spec: SweepSpec, maze: str, goal: int, seed: int) -> str:
 
 def reward_key(spec: SweepSpec, maze: str, goal: int, seed: int) -> str:
     return artifact_key("reward", shards_key(spec, maze, goal, seed), spec.reward)
+
+
+def result_key(spec: SweepSpec, maze: str, goal: int, seed: int) -> str:
+    """A trial's result.json: its reward, scored the way `evaluation` says."""
+    return artifact_key("result", reward_key(spec, maze, goal, seed), spec.evaluation)
 
 
 # -- stage 1: datasets ------------------------------------------------------------------
@@ -103,12 +109,14 @@ def make_datasets(spec: SweepSpec, paths: SweepPaths, progress: bool = True) -> 
                             workers=spec.data.workers, progress=progress)
 
 
-def windows(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int | None, split: str, normalizer=None):
+def windows(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int | None, split: str, normalizer=None,
+            for_evaluation: bool = False):
     from rrf_ray.data.datasets import dataset_id
     from rrf_ray.data.windows import load_windows
 
-    return load_windows(dataset_id(maze, goal), spec.windows.horizon, spec.windows.stride, split=split,
-                        root=paths.datasets, normalizer=normalizer or "minmax", pad_end=spec.windows.pad_end)
+    w = spec.evaluation_windows if for_evaluation else spec.windows
+    return load_windows(dataset_id(maze, goal), w.horizon, w.stride, split=split,
+                        root=paths.datasets, normalizer=normalizer or "minmax", pad_end=w.pad_end)
 
 
 # -- stage 2 and 3 trainables (run as Tune trials) --------------------------------------
@@ -144,14 +152,14 @@ def run_trial(config: dict, spec: SweepSpec, root: str) -> None:
     """Tune trial: expert diffuser -> triples -> reward -> held-out evaluation, for one (maze, goal, seed)."""
     from ray import tune
 
-    import ray.data
+    from rrf_ray.ray_utils import quiet_ray_data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet_ray_data()
     paths = SweepPaths(Path(root))
     maze, goal, seed = config["maze"], config["goal"], config["seed"]
     tid = trial_id(maze, goal, seed)
     out = paths.trial_dir(tid)
-    key = reward_key(spec, maze, goal, seed)
+    key = result_key(spec, maze, goal, seed)
     previous = _read_result(out)
     if previous and previous.get("status") == "ok" and previous.get("key") == key:
         tune.report(previous["metrics"])  # finished in an earlier run: nothing to recompute
@@ -178,6 +186,7 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
     from rrf_ray.rrf.reward_nets import load_reward
 
     store = paths.artifacts
+    timer = PhaseTimer()
     base_dir = store.path("diffusers", base_key(spec, maze, seed))
     if not store.is_done("diffusers", base_key(spec, maze, seed)):
         raise RuntimeError(f"base diffuser of {maze} is missing at {base_dir}: stage 2 did not finish")
@@ -185,14 +194,18 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
 
     ekey = expert_key(spec, maze, goal, seed)
     if not store.is_done("diffusers", ekey):
+        timer.start("expert")
         data = windows(spec, paths, maze, goal, "train", normalizer)
-        result = train_diffuser(data, spec.diffusion, spec.resources, paths.train, f"expert-{maze}-g{goal}-{ekey}",
-                                seed=seed, callbacks=_train_callbacks())
+        init = base_dir if spec.expert.init == "base" else None
+        result = train_diffuser(data, spec.expert.diffusion(spec.diffusion), spec.resources, paths.train,
+                                f"expert-{maze}-g{goal}-{ekey}", seed=seed, init_from=init,
+                                callbacks=_train_callbacks())
         _publish_checkpoint(store, "diffusers", ekey, result)
 
     skey = shards_key(spec, maze, goal, seed)
     shard_dir = store.path("shards", skey)
     if not store.is_done("shards", skey):
+        timer.start("pregen")
         base_train = windows(spec, paths, maze, None, "train", normalizer)
         rng = np.random.default_rng(seed)
         starts = base_train.batch(rng.integers(len(base_train), size=min(4096, len(base_train))))
@@ -208,16 +221,36 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
 
     rkey = reward_key(spec, maze, goal, seed)
     if not store.is_done("rewards", rkey):
+        timer.start("reward")
         result = train_reward(shard_dir, spec.reward, spec.resources, paths.train, f"reward-{maze}-g{goal}-{rkey}",
                               seed=seed, normalizer=normalizer.to_dict(), callbacks=_train_callbacks())
         _publish_checkpoint(store, "rewards", rkey, result)
 
+    timer.start("eval")
     reward = load_reward(store.path("rewards", rkey))
-    held_base = windows(spec, paths, maze, None, "heldout", normalizer)
-    held_expert = windows(spec, paths, maze, goal, "heldout", normalizer)
+    held_base = windows(spec, paths, maze, None, "heldout", normalizer, for_evaluation=True)
+    held_expert = windows(spec, paths, maze, goal, "heldout", normalizer, for_evaluation=True)
     metrics = evaluate_reward(lambda x: reward.score(x, t=0), spec.maze(maze), goal, held_base, held_expert,
-                              out, seed=seed)
-    return metrics.as_dict()
+                              out, max_windows=spec.evaluation.max_windows, seed=seed)
+    return {**metrics.as_dict(), **timer.stop()}
+
+
+class PhaseTimer:
+    """Wall-clock seconds of a trial's phases (reported as `<phase>_s`), to see where time goes."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._phase, self._t0 = None, 0.0
+
+    def start(self, phase: str) -> None:
+        self.stop()
+        self._phase, self._t0 = phase, time.perf_counter()
+
+    def stop(self) -> dict[str, float]:
+        if self._phase is not None:
+            self.seconds[f"{self._phase}_s"] = round(time.perf_counter() - self._t0, 2)
+            self._phase = None
+        return dict(self.seconds)
 
 
 def _noising_windows(spec, paths, maze, goal, normalizer, rng) -> np.ndarray:
@@ -262,10 +295,9 @@ def run_stage(name: str, trainable, param_space: dict, spec: SweepSpec, root: Pa
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, resume: bool = False, address: str | None = None) -> Path:
     """All four stages; returns the report path."""
-    import ray
     from ray import tune
 
-    from rrf_ray.ray_utils import init_ray
+    from rrf_ray.ray_utils import init_ray, quiet_ray_data
     from rrf_ray.report import write_report
 
     paths = SweepPaths(sweep_dir)
@@ -273,7 +305,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, resume: bool = False, address: s
     write_atomic(sweep_dir / "spec.json", spec.model_dump_json(indent=1))
     write_atomic(sweep_dir / "trials.json", json.dumps(trial_table(spec), indent=1))
     init_ray(address, num_cpus=spec.resources.num_cpus or (os.cpu_count() or 1) + 1)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    quiet_ray_data()
 
     print(f"[sweep] stage 1/4: datasets -> {paths.datasets}", flush=True)
     make_datasets(spec, paths)

@@ -64,3 +64,13 @@ def test_parse_override():
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     assert parse_override("a=true") == (["a"], True)
     assert parse_override("a=1e-3") == (["a"], 1e-3)
+
+
+def test_expert_spec_overrides_only_what_it_sets():
+    from rrf_ray.config import DiffusionSpec, ExpertSpec
+
+    base = DiffusionSpec(train_steps=3000, checkpoint_every=1500, learning_rate=1e-3)
+    assert ExpertSpec().diffusion(base) == base
+    expert = ExpertSpec(init="base", train_steps=600, ema_start=100).diffusion(base)
+    assert (expert.train_steps, expert.ema_start, expert.checkpoint_every) == (600, 100, 600)
+    assert expert.learning_rate == 1e-3 and expert.dim_mults == base.dim_mults

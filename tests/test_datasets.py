@@ -40,6 +40,22 @@ def test_base_dataset_visits_every_free_cell(ray_local, tmp_path, name):
     assert joins >= len(episodes) - 1 - 20_000 // SMALL.chunk_transitions
 
 
+def test_continuous_base_data_is_one_episode_per_chunk(ray_local, tmp_path):
+    """base_split_at_goals off: D4RL's stream, one episode per chunk running through many goals,
+    each step labelled with the goal the controller was heading for."""
+    maze = Maze.default("umaze")
+    data = DataSpec(chunk_transitions=2500, base_split_at_goals=False)
+    did = generate_maze2d(maze, None, 10_000, seed=0, data=data, root=tmp_path, workers=2, progress=False)
+    episodes = _episodes(did, tmp_path)
+    assert [len(e.actions) for e in episodes] == [2500] * 4
+    for e in episodes:
+        goals = np.unique(e.infos["goal"], axis=0)
+        assert len(goals) >= 5, "a continuous episode should pass through several goals"
+        # no resting: the ball keeps moving through goal changes
+        speed = np.linalg.norm(e.observations[100:, 2:], axis=1)
+        assert np.mean(speed < 0.05) < 0.05
+
+
 def test_expert_dataset_acceptance(ray_local, tmp_path, monkeypatch):
     """The issue's acceptance command, as a test: umaze goal 3, 20k transitions."""
     maze = Maze.default("umaze")

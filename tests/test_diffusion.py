@@ -194,3 +194,25 @@ def test_two_workers_train_with_ddp(ray_local, tmp_path):
     result = train_diffuser(windows, spec, ResourceSpec(num_workers=2, cpus_per_worker=1), tmp_path, "ddp")
     assert result.metrics["step"] == 20 and np.isfinite(result.metrics["loss"])
     assert load_diffuser(result.checkpoint).step == 20
+
+
+def test_fine_tuning_starts_from_the_given_checkpoint(one_point_run, tmp_path):
+    """init_from: the expert starts as a copy of the base. With a vanishing learning rate the
+    fine-tuned model still plans like the base; from scratch it would not (see the bar above)."""
+    spec = DiffusionSpec(n_timesteps=20, dim=16, dim_mults=[1, 2], learning_rate=1e-12, batch_size=16,
+                         train_steps=5, ema_start=10_000, checkpoint_every=5, log_every=5)
+    other = TrajectoryWindows.from_array(spread(256), action_dim=1)
+    result = train_diffuser(other, spec, ResourceSpec(), tmp_path, "fine_tuned", seed=1,
+                            init_from=one_point_run.checkpoint)
+    base, tuned = load_diffuser(one_point_run.checkpoint), load_diffuser(result.checkpoint)
+    for name, p in base.model.state_dict().items():
+        torch.testing.assert_close(tuned.model.state_dict()[name], p, atol=1e-6, rtol=0)
+    starts = np.random.default_rng(5).uniform(-0.9, 0.9, size=(32, 2)).astype(np.float32)
+    assert np.linalg.norm(tuned.plan(starts, seed=0)[:, -1, 1:] - POINT, axis=1).max() < 0.1
+
+
+def test_fine_tuning_refuses_another_window_shape(one_point_run, tmp_path):
+    windows = TrajectoryWindows.from_array(np.zeros((8, 32, 3), np.float32), action_dim=1)
+    spec = DiffusionSpec(n_timesteps=20, dim=16, dim_mults=[1, 2], train_steps=1)
+    with pytest.raises(ValueError, match="cannot fine-tune"):
+        train_diffuser(windows, spec, ResourceSpec(), tmp_path, "bad", init_from=one_point_run.checkpoint)

@@ -117,7 +117,7 @@ def _buffers(chunk: Chunk):
             rewards=ep.rewards.astype(np.float64),
             terminations=terminations,
             truncations=truncations,
-            infos={"goal": np.repeat(ep.goal[None, :], n + 1, axis=0)},
+            infos={"goal": ep.goal if ep.goal.ndim == 2 else np.repeat(ep.goal[None, :], n + 1, axis=0)},
         )
 
 

@@ -20,7 +20,8 @@ from rrf_ray.mazes import Maze
 
 @dataclass
 class Episode:
-    """One episode: observations [x, y, vx, vy] (L+1 rows), actions (L rows), and its goal."""
+    """One episode: observations [x, y, vx, vy] (L+1 rows), actions (L rows), and its goal
+    ((2,), or (L+1, 2) per step for a base episode that runs through several goals)."""
 
     observations: np.ndarray
     actions: np.ndarray
@@ -96,7 +97,8 @@ def generate_chunk(maze: Maze, goal_rowcol, n_transitions: int, seed, spec: Data
     """Episodes of `n_transitions` steps in total (expert: at least that many).
 
     goal_rowcol None: base data, a random goal re-drawn when reached or after a timeout,
-    a new episode at every goal change. Otherwise expert data: random starts, the episode
+    a new episode at every goal change (or, with `base_split_at_goals` off, one continuous
+    episode per chunk, as D4RL's Maze2D stream). Otherwise expert data: random starts, the episode
     ends within `expert_goal_radius` of the goal (or is dropped after `expert_max_steps`).
     """
     rng = np.random.default_rng(seed)
@@ -118,20 +120,29 @@ def _base_chunk(roller: _Roller, n: int) -> Chunk:
     start = sample_point(roller.maze, roller.rng, spec.cell_margin)
     goal = _far_point(roller, start, spec.base_goal_radius)
     obs = roller.start(start, goal)
-    episodes, ep_obs, ep_act, ep_rew = [], [obs], [], []
+    episodes, ep_obs, ep_act, ep_rew, ep_goals = [], [obs], [], [], [goal]
+    since_goal = 0
     for produced in range(1, n + 1):
         action, obs, reward = roller.step(obs)
         ep_obs.append(obs)
         ep_act.append(action)
         ep_rew.append(reward)
+        ep_goals.append(goal)
+        since_goal += 1
         reached = math.dist(obs[:2], goal) <= spec.base_goal_radius
-        if reached or len(ep_act) >= spec.base_goal_timeout or produced == n:
-            episodes.append(_episode(ep_obs, ep_act, ep_rew, False, goal))
+        if reached or since_goal >= spec.base_goal_timeout or produced == n:
+            if spec.base_split_at_goals or produced == n:
+                goals = np.asarray(ep_goals) if not spec.base_split_at_goals else goal
+                episodes.append(_episode(ep_obs, ep_act, ep_rew, False, goals))
             if produced == n:
                 break
             goal = _far_point(roller, obs[:2], spec.base_goal_radius)
             roller.new_goal(goal, obs)
-            ep_obs, ep_act, ep_rew = [obs], [], []
+            since_goal = 0
+            if spec.base_split_at_goals:
+                ep_obs, ep_act, ep_rew, ep_goals = [obs], [], [], [goal]
+            else:
+                ep_goals[-1] = goal  # the step that reached a goal is where the next one starts
     return Chunk(episodes, n, 0)
 
 

@@ -21,7 +21,8 @@ from torch import nn
 
 from rrf_ray.config import DiffusionSpec, ResourceSpec
 from rrf_ray.data.windows import TrajectoryWindows
-from rrf_ray.checkpoints import make_ema, report_with_checkpoint, restore_training, training_state
+from rrf_ray.checkpoints import (as_directory, make_ema, read_checkpoint, report_with_checkpoint,
+                                 restore_training, training_state)
 from rrf_ray.diffusion.checkpoint import KIND, diffuser_config
 from rrf_ray.diffusion.model import TrajectoryDiffuser
 from rrf_ray.ray_utils import say, scaling_config, train_run_config, train_worker_setup
@@ -54,6 +55,7 @@ class DiffuserJob:
     threads: int
     label: str
     condition_on_start: bool = True
+    init_weights: object = None  # ObjectRef to a state dict to start from (fine-tuning), or None
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -69,6 +71,8 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(job.seed * 1009 + rank)
     rng = np.random.default_rng([job.seed, rank])
     diffuser = TrajectoryDiffuser(windows.transition_dim, windows.action_dim, windows.horizon, spec)
+    if job.init_weights is not None:
+        diffuser.load_state_dict(ray.get(job.init_weights))  # a resumed checkpoint below overrides it
     ema = make_ema(diffuser, spec.ema_decay)
     optimizer = torch.optim.Adam(diffuser.parameters(), lr=spec.learning_rate)
     state = restore_training(KIND, diffuser, ema, optimizer)
@@ -143,15 +147,26 @@ def _report_with_checkpoint(metrics, diffuser, ema, optimizer, rng, windows, ran
 
 def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: ResourceSpec,
                    storage_path, name: str, seed: int = 0, max_failures: int = 0,
-                   condition_on_start: bool = True, callbacks=None) -> ray.train.Result:
+                   condition_on_start: bool = True, init_from=None, callbacks=None) -> ray.train.Result:
     """Train (or resume) a diffuser run `name` under `storage_path`; returns Ray's Result.
 
-    `result.checkpoint` holds the final model; `load_diffuser(result.checkpoint)` loads it.
+    `init_from`: a diffuser checkpoint whose (EMA) weights the model starts from, to fine-tune
+    it; it must have the same architecture. `result.checkpoint` holds the final model;
+    `load_diffuser(result.checkpoint)` loads it.
     """
     from ray.train.torch import TorchTrainer
 
+    init = None
+    if init_from is not None:
+        with as_directory(init_from) as d:
+            config, state = read_checkpoint(d, KIND)
+        if (config["transition_dim"], config["horizon"]) != (windows.transition_dim, windows.horizon):
+            raise ValueError(f"cannot fine-tune {init_from}: it models windows of "
+                             f"{config['horizon']} x {config['transition_dim']}, these are "
+                             f"{windows.horizon} x {windows.transition_dim}")
+        init = ray.put(state["ema"])
     job = DiffuserJob(ray.put(windows), spec, seed, max(1, math.floor(resources.cpus_per_worker)), name,
-                      condition_on_start)
+                      condition_on_start, init)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from rrf_ray.checkpoints import make_ema, report_with_checkpoint, restore_training, training_state
 from rrf_ray.config import RewardSpec, ResourceSpec
-from rrf_ray.ray_utils import say, scaling_config, train_run_config, train_worker_setup
+from rrf_ray.ray_utils import quiet_ray_data, say, scaling_config, train_run_config, train_worker_setup
 from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_config, reward_gradient
 from rrf_ray.rrf.shards import Manifest, verify_shards
 
@@ -79,7 +79,7 @@ def align_loop_per_worker(config: dict) -> None:
     job: AlignJob = config["job"]
     spec = job.spec
     rank, world, device = train_worker_setup(job.threads)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the step lines say enough
+    quiet_ray_data()
     torch.manual_seed(job.seed)  # same initial weights on every worker
 
     net = build_reward_net(spec, job.horizon, job.transition_dim)

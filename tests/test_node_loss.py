@@ -1,0 +1,76 @@
+"""A node lost in the middle of a trial: Tune retries the trial on the surviving node and the sweep completes.
+
+A real multi-node Ray on one machine (`ray.cluster_utils.Cluster`: a head with no CPUs and two
+worker nodes, each its own raylet), the tiny sweep driven by `python -m rrf_ray.sweep --address`.
+Once the first trial's expert diffuser is training, the node running its Ray Train worker is
+killed (raylet, object store and every worker process on it).
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _train_worker_node(nodes) -> object | None:
+    """The cluster node whose raylet spawned a Ray Train worker process, if one is running."""
+    raylets = {}
+    for node in nodes:
+        for info in node.all_processes.get("raylet", []):
+            raylets[info.process.pid] = node
+    for proc in psutil.process_iter(["cmdline"]):
+        if "RayTrainWorker" not in " ".join(proc.info["cmdline"] or []):
+            continue
+        try:
+            for parent in proc.parents():
+                if parent.pid in raylets:
+                    return raylets[parent.pid]
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_trial_on_a_removed_node_is_retried_and_completes(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False,
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})
+    nodes = [cluster.add_node(num_cpus=3, object_store_memory=200 * 2**20) for _ in range(2)]
+    log = tmp_path / "sweep.log"
+    root = tmp_path / "maze2d-tiny"
+    proc = subprocess.Popen([sys.executable, "-m", "rrf_ray.sweep", "maze2d-tiny", "--storage", str(tmp_path),
+                             "--address", cluster.address, "--set", "goals=[3]"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        removed = None
+        deadline = time.time() + 600
+        while removed is None and time.time() < deadline:
+            assert proc.poll() is None, f"the sweep ended before the trial started:\n{log.read_text()[-3000:]}"
+            expert_runs = list((root / "train").glob("expert-*")) if (root / "train").exists() else []
+            node = _train_worker_node(nodes) if expert_runs else None
+            if node is not None:
+                cluster.remove_node(node, allow_graceful=False)
+                removed = node
+            time.sleep(0.5)
+        assert removed is not None, "no expert Ray Train worker appeared within 600 s"
+        assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cluster.shutdown()
+
+    output = log.read_text()
+    result = json.loads((root / "trials" / "umaze-goal3-seed0" / "result.json").read_text())
+    assert result["status"] == "ok", result.get("error")
+    assert result["metrics"]["n_base_windows"] > 0
+    assert output.count("] starting:") + output.count("] resuming at step") >= 3, \
+        "the expert run did not start again after the node was lost (base + 2 expert attempts expected)"
+    assert "errored" in output or "failure" in output.lower()
+    assert (root / "report.md").exists()
