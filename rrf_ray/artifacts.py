@@ -3,7 +3,9 @@
 An artifact's key is a hash of exactly the spec parts that determine it, so a sweep
 resumed, or re-run with another spec, reuses what is still valid and redoes the rest.
 An artifact is copied in under a temporary name and renamed, then marked DONE: a crash
-never leaves a half-copied artifact that a later run would trust.
+never leaves a half-copied artifact that a later run would trust. With remote storage the
+store is a local mirror: an artifact is pushed before its DONE marker, and one that only
+the remote location holds is pulled when asked for.
 """
 
 from __future__ import annotations
@@ -27,14 +29,27 @@ def artifact_key(*parts) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, root):
-        self.root = Path(root)
+    """Artifacts under `storage`'s `artifacts/`, or under a plain directory `root` (no storage)."""
+
+    def __init__(self, root=None, storage=None, prefix: str = "artifacts"):
+        self.storage, self.prefix = storage, prefix
+        self.root = Path(root) if root is not None else storage.local / prefix
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
+    def _rel(self, kind: str, key: str, *more: str) -> str:
+        return "/".join((self.prefix, kind, key) + more)
+
     def is_done(self, kind: str, key: str) -> bool:
-        return (self.path(kind, key) / DONE).exists()
+        """Finished here, or finished at the remote location (then pulled here)."""
+        if (self.path(kind, key) / DONE).exists():
+            return True
+        remote = self.storage is not None and self.storage.is_remote
+        if remote and self.storage.exists(self._rel(kind, key, DONE)):
+            self.storage.pull(self._rel(kind, key), refresh=True)
+            return (self.path(kind, key) / DONE).exists()
+        return False
 
     def publish(self, kind: str, key: str, source) -> Path:
         """Copy a finished directory in as artifact (kind, key); returns its path."""
@@ -42,13 +57,20 @@ class ArtifactStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         shutil.copytree(source, tmp)
+        (tmp / DONE).unlink(missing_ok=True)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        write_atomic(final / DONE, "")
-        return final
+        return self.mark_done(kind, key)
 
     def mark_done(self, kind: str, key: str) -> Path:
-        """For artifacts built in place (their builder is itself resumable, e.g. shard sets)."""
+        """Push the artifact (remote storage), then mark it DONE here and there.
+
+        Also for artifacts built in place (their builder is itself resumable, e.g. shard sets).
+        """
+        if self.storage is not None and self.storage.is_remote:
+            self.storage.push(self._rel(kind, key))
         write_atomic(self.path(kind, key) / DONE, "")
+        if self.storage is not None and self.storage.is_remote:
+            self.storage.push(self._rel(kind, key, DONE))
         return self.path(kind, key)

@@ -27,13 +27,20 @@ import numpy as np
 from rrf_ray.artifacts import ArtifactStore, artifact_key
 from rrf_ray.atomic import write_atomic
 from rrf_ray.config import ConfigError, SweepSpec, exit_on_user_error, load_spec
+from rrf_ray.storage import SweepStorage
 
 STAGE_BASE, STAGE_TRIALS = "stage2-base-diffusers", "stage3-trials"
 
 
 @dataclass(frozen=True)
 class SweepPaths:
-    root: Path
+    """A sweep's files: local paths (the storage directory, or this node's mirror of a URI)."""
+
+    storage: SweepStorage
+
+    @property
+    def root(self) -> Path:
+        return self.storage.local
 
     @property
     def datasets(self) -> Path:
@@ -41,14 +48,18 @@ class SweepPaths:
 
     @property
     def artifacts(self) -> ArtifactStore:
-        return ArtifactStore(self.root / "artifacts")
+        return ArtifactStore(storage=self.storage)
 
     @property
-    def train(self) -> Path:
-        return self.root / "train"
+    def train(self) -> str:
+        """Ray Train's storage path (a URI for remote storage)."""
+        return self.storage.uri_of("train")
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.root / "trials" / trial_id
+
+    def push_trial(self, trial_id: str) -> None:
+        self.storage.push(f"trials/{trial_id}")
 
 
 def goals_of(spec: SweepSpec, maze: str) -> list[int]:
@@ -100,13 +111,27 @@ def dataset_ids(spec: SweepSpec, maze: str) -> list[tuple[int | None, int]]:
     return [(None, spec.data.base_transitions)] + [(g, spec.data.expert_transitions) for g in goals_of(spec, maze)]
 
 
-def make_datasets(spec: SweepSpec, paths: SweepPaths, progress: bool = True) -> None:
-    from rrf_ray.data.datasets import generate_maze2d
+def _dataset_marker(did: str) -> str:
+    """Remote storage: this file exists once dataset `did` has been pushed in full."""
+    return f"datasets-complete/{did.replace('/', '__')}"
 
+
+def make_datasets(spec: SweepSpec, paths: SweepPaths, progress: bool = True) -> None:
+    from rrf_ray.data.datasets import dataset_id, generate_maze2d
+
+    storage = paths.storage
     for maze in spec.mazes:
         for goal, n in dataset_ids(spec, maze):
+            did = dataset_id(maze, goal)
+            pushed = storage.is_remote and storage.exists(_dataset_marker(did))
+            if pushed:
+                storage.pull(f"datasets/{did}")
             generate_maze2d(spec.maze(maze), goal, n, spec.data_seed, spec.data, root=paths.datasets,
-                            workers=spec.data.workers, progress=progress)
+                            workers=spec.data.workers, progress=progress)  # reuses an identical one
+            if storage.is_remote and not pushed:
+                storage.push(f"datasets/{did}")
+                write_atomic(paths.root / _dataset_marker(did), "")
+                storage.push(_dataset_marker(did))
 
 
 def windows(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int | None, split: str, normalizer=None,
@@ -115,6 +140,7 @@ def windows(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int | None, spl
     from rrf_ray.data.windows import load_windows
 
     w = spec.evaluation_windows if for_evaluation else spec.windows
+    paths.storage.pull(f"datasets/{dataset_id(maze, goal)}")  # remote storage: this node's copy
     return load_windows(dataset_id(maze, goal), w.horizon, w.stride, split=split,
                         root=paths.datasets, normalizer=normalizer or "minmax", pad_end=w.pad_end)
 
@@ -132,13 +158,13 @@ def _publish_checkpoint(store: ArtifactStore, kind: str, key: str, result) -> Pa
         return store.publish(kind, key, d)
 
 
-def train_base(config: dict, spec: SweepSpec, root: str) -> None:
+def train_base(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     """Tune trial: the base diffuser of one maze (and seed, if per-seed)."""
     from ray import tune
 
     from rrf_ray.diffusion.train import train_diffuser
 
-    paths, maze, seed = SweepPaths(Path(root)), config["maze"], config["seed"]
+    paths, maze, seed = SweepPaths(storage), config["maze"], config["seed"]
     key = base_key(spec, maze, seed)
     if not paths.artifacts.is_done("diffusers", key):
         data = windows(spec, paths, maze, None, "train")
@@ -148,19 +174,19 @@ def train_base(config: dict, spec: SweepSpec, root: str) -> None:
     tune.report({"done": 1, "artifact": key})
 
 
-def run_trial(config: dict, spec: SweepSpec, root: str) -> None:
+def run_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     """Tune trial: expert diffuser -> triples -> reward -> held-out evaluation, for one (maze, goal, seed)."""
     from ray import tune
 
     from rrf_ray.ray_utils import quiet_ray_data
 
     quiet_ray_data()
-    paths = SweepPaths(Path(root))
+    paths = SweepPaths(storage)
     maze, goal, seed = config["maze"], config["goal"], config["seed"]
     tid = trial_id(maze, goal, seed)
     out = paths.trial_dir(tid)
     key = result_key(spec, maze, goal, seed)
-    previous = _read_result(out)
+    previous = _read_result(storage, tid)
     if previous and previous.get("status") == "ok" and previous.get("key") == key:
         tune.report(previous["metrics"])  # finished in an earlier run: nothing to recompute
         return
@@ -171,9 +197,11 @@ def run_trial(config: dict, spec: SweepSpec, root: str) -> None:
         write_atomic(out / "result.json", json.dumps({**record, "status": "failed", "metrics": None,
                                                       "error": f"{type(e).__name__}: {e}",
                                                       "traceback": traceback.format_exc()}, indent=1))
+        paths.push_trial(tid)
         raise
     write_atomic(out / "result.json", json.dumps({**record, "status": "ok", "error": None, "metrics": metrics},
                                                  indent=1))
+    paths.push_trial(tid)
     tune.report(metrics)
 
 
@@ -216,14 +244,17 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
         gpus = spec.resources.pregen_gpus_per_task if spec.resources.use_gpu else 0.0
         pregenerate(base_dir, store.path("diffusers", ekey), shard_dir, spec.pregen, seed=seed,
                     starts=starts[:, 0, action_dim:], dataset_windows=noised, gpus_per_task=gpus,
-                    overwrite=True, progress=False)
-        store.mark_done("shards", skey)
+                    overwrite=True, progress=False, on_this_node=paths.storage.is_remote)
+        store.mark_done("shards", skey)  # remote storage: pushed there first
 
     rkey = reward_key(spec, maze, goal, seed)
     if not store.is_done("rewards", rkey):
         timer.start("reward")
+        storage = paths.storage
+        remote = (storage.fs, storage.remote_path(f"artifacts/shards/{skey}")) if storage.is_remote else None
         result = train_reward(shard_dir, spec.reward, spec.resources, paths.train, f"reward-{maze}-g{goal}-{rkey}",
-                              seed=seed, normalizer=normalizer.to_dict(), callbacks=_train_callbacks())
+                              seed=seed, normalizer=normalizer.to_dict(), callbacks=_train_callbacks(),
+                              remote=remote)
         _publish_checkpoint(store, "rewards", rkey, result)
 
     timer.start("eval")
@@ -262,30 +293,33 @@ def _noising_windows(spec, paths, maze, goal, normalizer, rng) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _read_result(out: Path) -> dict | None:
+def _read_result(storage: SweepStorage, tid: str) -> dict | None:
     try:
-        return json.loads((out / "result.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(storage.read_text(f"trials/{tid}/result.json") or "null")
+    except json.JSONDecodeError:
         return None
 
 
 # -- running stages on Tune ------------------------------------------------------------
 
-def run_stage(name: str, trainable, param_space: dict, spec: SweepSpec, root: Path, resume: bool,
+def run_stage(name: str, trainable, param_space: dict, spec: SweepSpec, storage: SweepStorage, resume: bool,
               metric_columns: list[str]):
     from ray import tune
 
-    fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, root=str(root)),
+    fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, storage=storage),
                              {"cpu": spec.resources.trial_cpus})
-    path = root / name
-    if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=fn, resume_errored=True, param_space=param_space)
+    fs = storage.fs  # None for a directory: Tune uses the local file system
+    root = storage.remote if storage.is_remote else str(storage.local)
+    path = f"{root}/{name}"
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, param_space=param_space,
+                                   storage_filesystem=fs)
     else:
         tuner = tune.Tuner(
             fn, param_space=param_space,
             tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials),
             run_config=tune.RunConfig(
-                name=name, storage_path=str(root),
+                name=name, storage_path=root, storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 progress_reporter=tune.CLIReporter(metric_columns=metric_columns, max_report_frequency=30),
             ),
@@ -293,17 +327,20 @@ def run_stage(name: str, trainable, param_space: dict, spec: SweepSpec, root: Pa
     return tuner.fit()
 
 
-def run_sweep(spec: SweepSpec, sweep_dir: Path, resume: bool = False, address: str | None = None) -> Path:
-    """All four stages; returns the report path."""
+def run_sweep(spec: SweepSpec, storage: SweepStorage, resume: bool = False, address: str | None = None) -> Path:
+    """All four stages; returns the report path (in the local directory or mirror)."""
     from ray import tune
 
     from rrf_ray.ray_utils import init_ray, quiet_ray_data
     from rrf_ray.report import write_report
 
-    paths = SweepPaths(sweep_dir)
+    paths = SweepPaths(storage)
+    sweep_dir = storage.local
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(sweep_dir / "spec.json", spec.model_dump_json(indent=1))
-    write_atomic(sweep_dir / "trials.json", json.dumps(trial_table(spec), indent=1))
+    for name, text in (("spec.json", spec.model_dump_json(indent=1)),
+                       ("trials.json", json.dumps(trial_table(spec), indent=1))):
+        write_atomic(sweep_dir / name, text)
+        storage.push(name)
     init_ray(address, num_cpus=spec.resources.num_cpus or (os.cpu_count() or 1) + 1)
     quiet_ray_data()
 
@@ -313,21 +350,26 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, resume: bool = False, address: s
     seeds = spec.seeds if spec.base_per_seed else [spec.seeds[0]]
     grid = run_stage(STAGE_BASE, train_base, {"maze": tune.grid_search(list(spec.mazes)),
                                               "seed": tune.grid_search(seeds)},
-                     spec, sweep_dir, resume, ["step", "loss"])
+                     spec, storage, resume, ["step", "loss"])
     _raise_if_all_failed(grid, "base diffuser")
     print(f"[sweep] stage 3/4: {len(trial_table(spec))} trials", flush=True)
     # One grid over explicit (maze, goal, seed) rows: mazes may have different goal lists.
     space = {"trial": tune.grid_search([{k: r[k] for k in ("maze", "goal", "seed")} for r in trial_table(spec)])}
-    run_stage(STAGE_TRIALS, _unpack_trial, space, spec, sweep_dir, resume,
+    run_stage(STAGE_TRIALS, _unpack_trial, space, spec, storage, resume,
               ["step", "loss", "goal_recovered", "goal_distance", "accuracy", "erc"])
     print("[sweep] stage 4/4: report", flush=True)
+    storage.pull("trials", refresh=True)  # remote storage: every node's trial results
     report = write_report(sweep_dir)
-    print(f"[sweep] report: {report}", flush=True)
+    for name in ("report.md", "results.csv", "figures"):
+        if (sweep_dir / name).exists():
+            storage.push(name)
+    where = storage.uri_of("report.md") if storage.is_remote else report
+    print(f"[sweep] report: {where}", flush=True)
     return report
 
 
-def _unpack_trial(config: dict, spec: SweepSpec, root: str) -> None:
-    run_trial(config["trial"], spec, root)
+def _unpack_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
+    run_trial(config["trial"], spec, storage)
 
 
 def _raise_if_all_failed(grid, what: str) -> None:
@@ -375,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rrf_ray.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", help="a name in sweeps/ (maze2d, maze2d-smoke, maze2d-tiny) or a YAML path")
-    p.add_argument("--storage", default="results", help="where sweeps live (default ./results); one dir per sweep")
+    p.add_argument("--storage", default="results",
+                   help="where sweeps live, one per name: a directory (default ./results; shared by every node "
+                        "on a cluster) or a URI pyarrow opens (s3://bucket/path, gs://...)")
     p.add_argument("--resume", action="store_true", help="continue a sweep in its storage directory")
     p.add_argument("--dry-run", action="store_true", help="print stages, trials and resource needs; run nothing")
     p.add_argument("--address", default=None, help="Ray address (default: a running cluster, else a local Ray)")
@@ -392,19 +436,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(dry_run(spec))
         return 0
-    if "://" in args.storage:
-        exit_on_user_error(ConfigError("remote --storage is not supported yet by the sweep driver: "
-                                       "use a shared file system path (NFS) on multi-node clusters"))
-    sweep_dir = Path(args.storage).expanduser().resolve() / spec.name
-    stored = sweep_dir / "spec.json"
-    if sweep_dir.exists() and any(sweep_dir.iterdir()):
+    try:
+        storage = SweepStorage(args.storage, spec.name)
+        used = storage.holds_anything()
+    except (ValueError, OSError) as e:
+        exit_on_user_error(ConfigError(f"--storage {args.storage}: {e}"))
+    if used:
         if not args.resume:
-            exit_on_user_error(ConfigError(f"{sweep_dir} already holds a sweep: pass --resume to continue it, "
+            exit_on_user_error(ConfigError(f"{storage.uri} already holds a sweep: pass --resume to continue it, "
                                            "or choose another --storage"))
-        if stored.exists() and json.loads(stored.read_text()) != json.loads(spec.model_dump_json()):
-            exit_on_user_error(ConfigError(f"the spec differs from the one {sweep_dir} was started with "
-                                           f"({stored}); resume with the same spec and --set overrides"))
-    run_sweep(spec, sweep_dir, resume=args.resume, address=args.address)
+        stored = storage.read_text("spec.json")
+        if stored is not None and json.loads(stored) != json.loads(spec.model_dump_json()):
+            exit_on_user_error(ConfigError(f"the spec differs from the one {storage.uri} was started with "
+                                           "(its spec.json); resume with the same spec and --set overrides"))
+    run_sweep(spec, storage, resume=args.resume, address=args.address)
     return 0
 
 

@@ -3,7 +3,8 @@
 A real multi-node Ray on one machine (`ray.cluster_utils.Cluster`: a head with no CPUs and two
 worker nodes, each its own raylet), the tiny sweep driven by `python -m rrf_ray.sweep --address`.
 Once the first trial's expert diffuser is training, the node running its Ray Train worker is
-killed (raylet, object store and every worker process on it).
+killed (raylet, object store and every worker process on it): the training run fails, the
+Tune trial errors, and Tune's retry (resources.max_failures) runs the trial again to the end.
 """
 
 import json
@@ -52,8 +53,8 @@ def test_trial_on_a_removed_node_is_retried_and_completes(tmp_path):
         deadline = time.time() + 600
         while removed is None and time.time() < deadline:
             assert proc.poll() is None, f"the sweep ended before the trial started:\n{log.read_text()[-3000:]}"
-            expert_runs = list((root / "train").glob("expert-*")) if (root / "train").exists() else []
-            node = _train_worker_node(nodes) if expert_runs else None
+            training = any("[expert-" in line and "] starting:" in line for line in log.read_text().splitlines())
+            node = _train_worker_node(nodes) if training else None
             if node is not None:
                 cluster.remove_node(node, allow_graceful=False)
                 removed = node
@@ -70,7 +71,8 @@ def test_trial_on_a_removed_node_is_retried_and_completes(tmp_path):
     result = json.loads((root / "trials" / "umaze-goal3-seed0" / "result.json").read_text())
     assert result["status"] == "ok", result.get("error")
     assert result["metrics"]["n_base_windows"] > 0
-    assert output.count("] starting:") + output.count("] resuming at step") >= 3, \
-        "the expert run did not start again after the node was lost (base + 2 expert attempts expected)"
-    assert "errored" in output or "failure" in output.lower()
+    expert_starts = [line for line in output.splitlines()
+                     if "[expert-" in line and ("] starting:" in line or "] resuming at step" in line)]
+    assert len(expert_starts) >= 2, "the expert run did not start again after its node was lost"
+    assert "errored after" in output, "Tune did not record the trial's failure"
     assert (root / "report.md").exists()

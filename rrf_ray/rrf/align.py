@@ -154,11 +154,13 @@ def align_loop_per_worker(config: dict) -> None:
                 break
 
 
-def shard_datasets(shard_dir, materialize: bool | None = None) -> tuple[dict, Manifest]:
+def shard_datasets(shard_dir, materialize: bool | None = None, remote=None) -> tuple[dict, Manifest]:
     """Ray Datasets over the verified train/val shards of `shard_dir`.
 
     materialize None: keep them in the object store when they fit comfortably (each
     epoch then starts at once instead of re-reading every file); False: stream from disk.
+    remote: (pyarrow filesystem, directory) holding the same shards, for Ray Data's readers
+    on other nodes when `shard_dir` is local to this one.
     """
     manifest = verify_shards(shard_dir)
     datasets = {}
@@ -169,7 +171,11 @@ def shard_datasets(shard_dir, materialize: bool | None = None) -> tuple[dict, Ma
     for split in ("train", "val"):
         paths = manifest.paths(shard_dir, split)
         if paths:
-            ds = ray.data.read_parquet(paths)
+            if remote is None:
+                ds = ray.data.read_parquet(paths)
+            else:
+                fs, directory = remote
+                ds = ray.data.read_parquet([f"{directory}/{Path(p).name}" for p in paths], filesystem=fs)
             datasets[split] = ds.materialize() if materialize else ds
     if "train" not in datasets:
         raise ValueError(f"{shard_dir} has no training shards")
@@ -178,14 +184,14 @@ def shard_datasets(shard_dir, materialize: bool | None = None) -> tuple[dict, Ma
 
 def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_path, name: str,
                  seed: int = 0, normalizer: dict | None = None, materialize: bool | None = None,
-                 max_failures: int = 0, callbacks=None) -> ray.train.Result:
+                 max_failures: int = 0, callbacks=None, remote=None) -> ray.train.Result:
     """Train (or resume) the reward run `name` on the shards of `shard_dir`; returns Ray's Result.
 
     Shards are checked against their manifest first: a corrupt one fails here, naming the file.
     """
     from ray.train.torch import TorchTrainer
 
-    datasets, manifest = shard_datasets(shard_dir, materialize)
+    datasets, manifest = shard_datasets(shard_dir, materialize, remote)
     job = AlignJob(spec, manifest.horizon, manifest.transition_dim, normalizer, seed,
                    max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets)
     trainer = TorchTrainer(

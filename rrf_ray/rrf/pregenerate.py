@@ -156,8 +156,11 @@ def _val_count(n_shards: int, fraction: float) -> int:
 
 def pregenerate(base, expert, out_dir, spec: PregenSpec, seed: int = 0, starts: np.ndarray | None = None,
                 dataset_windows: np.ndarray | None = None, gpus_per_task: float = 0.0,
-                overwrite: bool = False, progress: bool = True) -> Manifest:
+                overwrite: bool = False, progress: bool = True, on_this_node: bool = False) -> Manifest:
     """Make (or complete, or repair) the shards of `out_dir`; returns its manifest.
+
+    on_this_node: run the shard tasks on the calling node (when `out_dir` is not on a
+    file system that every node shares).
 
     starts: normalised start observations to inpaint (Algorithm 2), sampled per chain.
     dataset_windows: normalised windows x0 (Algorithm 1), one triple each.
@@ -209,11 +212,17 @@ def pregenerate(base, expert, out_dir, spec: PregenSpec, seed: int = 0, starts: 
     if dataset_windows is not None:
         windows = np.asarray(dataset_windows, dtype=np.float32)
         windows = windows[rng.integers(len(windows), size=spec.noised_windows)]
+    # "DEFAULT": outside the caller's placement group (a Tune trial's holds just its own process).
+    # on_this_node: the shard files (and the model paths) are local to this node, not shared.
+    strategy = "DEFAULT"
+    if on_this_node:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     pending = {}
     for i in todo:
         x0 = None if windows is None else windows[plan[i][0]:plan[i][-1] + 1]
-        # "DEFAULT": outside the caller's placement group (a Tune trial's holds just its own process)
-        ref = _make_shard.options(num_cpus=1, num_gpus=gpus_per_task, scheduling_strategy="DEFAULT").remote(
+        ref = _make_shard.options(num_cpus=1, num_gpus=gpus_per_task, scheduling_strategy=strategy).remote(
             spec.algorithm, base_ref, expert_ref, str(out_dir / names[i]), plan[i],
             np.random.SeedSequence([int(seed)], spawn_key=(i,)), starts_ref, x0, spec.grad_at, gpus_per_task)
         pending[ref] = i
