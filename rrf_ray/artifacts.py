@@ -47,7 +47,8 @@ class ArtifactStore:
             return True
         remote = self.storage is not None and self.storage.is_remote
         if remote and self.storage.exists(self._rel(kind, key, DONE)):
-            self.storage.pull(self._rel(kind, key), refresh=True)
+            # a local copy without DONE is an interrupted one: replace it
+            self.storage.pull(self._rel(kind, key), refresh=self.path(kind, key).exists())
             return (self.path(kind, key) / DONE).exists()
         return False
 

@@ -47,9 +47,10 @@ class SweepStorage:
             self.remote = self.remote.rstrip("/")
             cache = Path(os.environ.get("RRF_RAY_CACHE", "~/.cache/rrf_ray")).expanduser()
             self.local = cache / hashlib.sha256(self.uri.encode()).hexdigest()[:12] / name
-        else:
+        else:  # absolute now: Tune runs trials in their own working directories
+            self.location = str(Path(self.location).expanduser().resolve())
             self.fs = self.remote = None
-            self.local = Path(self.location).expanduser().resolve() / name
+            self.local = Path(self.location) / name
             self.uri = str(self.local)
 
     def __reduce__(self):
@@ -113,9 +114,15 @@ class SweepStorage:
                 tmp.mkdir()
             pafs.copy_files(self.remote_path(rel), str(tmp), source_filesystem=self.fs,
                             destination_filesystem=pafs.LocalFileSystem())
-            if local.is_dir() and not local.is_symlink():
-                shutil.rmtree(local)
-            os.replace(tmp, local)
+            if local.exists() and not refresh:
+                return local  # another process on this node pulled it meanwhile: keep theirs
+            if local.is_dir():  # swap, so that readers never see a half-deleted directory
+                old = local.with_name(f".{local.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(local, old)
+                os.replace(tmp, local)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, local)
         finally:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -50,6 +50,17 @@ def test_join_uri_keeps_the_query_last():
     assert join_uri("s3://b/x?endpoint_override=h:1", "y", "z/") == "s3://b/x/y/z?endpoint_override=h:1"
 
 
+def test_a_relative_directory_means_the_same_place_after_pickling(tmp_path, monkeypatch):
+    """Tune runs trials in their own working directories: `--storage results` must not move."""
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    storage = SweepStorage("results", "sweep")
+    assert storage.local == tmp_path / "results" / "sweep" and not storage.is_remote
+    monkeypatch.chdir(tmp_path.parent)
+    assert pickle.loads(pickle.dumps(storage)).local == tmp_path / "results" / "sweep"
+
+
 def test_what_one_node_pushes_another_pulls(s3_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("RRF_RAY_CACHE", str(tmp_path / "node-a"))
     a = SweepStorage(s3_uri, "push-pull")

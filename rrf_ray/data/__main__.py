@@ -1,7 +1,9 @@
-"""`python -m rrf_ray.data maze2d --maze MAZE [--goal K] --transitions N --seed S ...`
+"""Local Minari datasets for rrf_ray.
 
-Makes the Maze2D base dataset (no --goal) or the expert dataset of goal K as a local
-Minari dataset, in parallel Ray tasks.
+  python -m rrf_ray.data maze2d --maze MAZE [--goal K] --transitions N --seed S ...
+      the Maze2D base dataset (no --goal) or the expert dataset of goal K, in parallel Ray tasks
+  python -m rrf_ray.data d4rl-hdf5 FILE --id ID --env ENV [--root DIR] [--overwrite]
+      a D4RL HDF5 file (e.g. halfcheetah_medium_replay-v2.hdf5) as Minari dataset ID for ENV
 """
 
 from __future__ import annotations
@@ -31,11 +33,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a spec field, e.g. --set data.action_noise=0.3")
     m.add_argument("--address", default=None, help="Ray address (default: running cluster, else local)")
     m.add_argument("--no-progress", action="store_true")
+    d = sub.add_parser("d4rl-hdf5", help="convert a D4RL HDF5 file into a local Minari dataset")
+    d.add_argument("file", help="the D4RL .hdf5 file")
+    d.add_argument("--id", required=True, dest="dataset_id", help="Minari dataset id, e.g. d4rl/halfcheetah-medium-replay-v2")
+    d.add_argument("--env", required=True, help="gymnasium environment id, e.g. HalfCheetah-v5")
+    d.add_argument("--root", default=None, help="Minari datasets root (default: MINARI_DATASETS_PATH)")
+    d.add_argument("--overwrite", action="store_true", help="replace a dataset of that id made from another file")
     return parser
+
+
+def convert_main(args) -> int:
+    from rrf_ray.data.d4rl import convert_d4rl_hdf5
+    from rrf_ray.data.datasets import DatasetError, dataset_dir
+
+    try:
+        did = convert_d4rl_hdf5(args.file, args.dataset_id, args.env, root=args.root, overwrite=args.overwrite)
+    except DatasetError as e:
+        exit_on_user_error(e)
+    print(f"{did} -> {dataset_dir(did, args.root)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "d4rl-hdf5":
+        return convert_main(args)
     try:
         spec = load_spec(args.spec, args.overrides)
         maze = spec.maze(args.maze)
