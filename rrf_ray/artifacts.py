@@ -29,11 +29,11 @@ def artifact_key(*parts) -> str:
 
 
 class ArtifactStore:
-    """Artifacts under `storage`'s `artifacts/`, or under a plain directory `root` (no storage)."""
+    """Artifacts under `storage`'s `artifacts/` (a SweepStorage: a directory, or a mirrored URI)."""
 
-    def __init__(self, root=None, storage=None, prefix: str = "artifacts"):
+    def __init__(self, storage, prefix: str = "artifacts"):
         self.storage, self.prefix = storage, prefix
-        self.root = Path(root) if root is not None else storage.local / prefix
+        self.root = storage.local / prefix
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -45,8 +45,7 @@ class ArtifactStore:
         """Finished here, or finished at the remote location (then pulled here)."""
         if (self.path(kind, key) / DONE).exists():
             return True
-        remote = self.storage is not None and self.storage.is_remote
-        if remote and self.storage.exists(self._rel(kind, key, DONE)):
+        if self.storage.is_remote and self.storage.exists(self._rel(kind, key, DONE)):
             # a local copy without DONE is an interrupted one: replace it
             self.storage.pull(self._rel(kind, key), refresh=self.path(kind, key).exists())
             return (self.path(kind, key) / DONE).exists()
@@ -69,9 +68,7 @@ class ArtifactStore:
 
         Also for artifacts built in place (their builder is itself resumable, e.g. shard sets).
         """
-        if self.storage is not None and self.storage.is_remote:
-            self.storage.push(self._rel(kind, key))
+        self.storage.push(self._rel(kind, key))  # push is a no-op for a directory location
         write_atomic(self.path(kind, key) / DONE, "")
-        if self.storage is not None and self.storage.is_remote:
-            self.storage.push(self._rel(kind, key, DONE))
+        self.storage.push(self._rel(kind, key, DONE))
         return self.path(kind, key)

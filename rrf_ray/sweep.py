@@ -48,7 +48,7 @@ class SweepPaths:
 
     @property
     def artifacts(self) -> ArtifactStore:
-        return ArtifactStore(storage=self.storage)
+        return ArtifactStore(self.storage)
 
     @property
     def train(self) -> str:

@@ -92,9 +92,9 @@ def test_an_artifact_is_trusted_only_after_its_marker(s3_uri, tmp_path, monkeypa
     (a.local / "artifacts" / "diffusers" / "k1" / "state.pt").write_bytes(b"half")
     a.push("artifacts/diffusers/k1")
     monkeypatch.setenv("RRF_RAY_CACHE", str(tmp_path / "node-b"))
-    b_store = ArtifactStore(storage=SweepStorage(s3_uri, "artifacts"))
+    b_store = ArtifactStore(SweepStorage(s3_uri, "artifacts"))
     assert not b_store.is_done("diffusers", "k1")
-    ArtifactStore(storage=a).publish("diffusers", "k1", source)
+    ArtifactStore(a).publish("diffusers", "k1", source)
     assert b_store.is_done("diffusers", "k1")  # pulled on demand
     assert (b_store.path("diffusers", "k1") / "state.pt").read_bytes() == b"weights"
     assert (b_store.path("diffusers", "k1") / DONE).exists()
