@@ -319,17 +319,33 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def spec_from_dict(raw: dict, source: str = "spec", overrides: list[str] | None = None) -> SweepSpec:
+def spec_model(experiment: object) -> type[BaseModel]:
+    """The pydantic model of an experiment's sweep spec (the YAML's `experiment` key).
+
+    Each experiment owns its spec model in its own package; imports are deferred so that a
+    Maze2D install never imports another experiment's dependencies.
+    """
+    if experiment == "maze2d":
+        return SweepSpec
+    raise ConfigError(f"experiment: unknown experiment {experiment!r}; known: maze2d")
+
+
+def spec_from_dict(raw: dict, source: str = "spec", overrides: list[str] | None = None):
+    """Validate a raw spec (after `--set` overrides) with its experiment's model."""
     raw = apply_overrides(copy.deepcopy(raw), list(overrides or []))
     try:
-        return SweepSpec.model_validate(raw)
+        model = spec_model(raw.get("experiment", "maze2d"))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    try:
+        return model.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_format_errors(source, e)) from None
     except MazeError as e:
         raise ConfigError(f"{source}: {e}") from None
 
 
-def load_spec(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> SweepSpec:
+def load_spec(name_or_path: str | Path | None = None, overrides: list[str] | None = None):
     """Load a sweep spec by name (`sweeps/NAME.yaml`) or path; None gives the built-in defaults."""
     if name_or_path is None:
         return spec_from_dict(SweepSpec().model_dump(mode="json"), "defaults", overrides)

@@ -413,10 +413,18 @@ def dry_run(spec: SweepSpec) -> str:
 
 # -- CLI -------------------------------------------------------------------------------
 
+def experiment_runner(experiment: str):
+    """(run, dry_run) of an experiment: run(spec, storage, resume, address) -> report path;
+    dry_run(spec) -> the text --dry-run prints. Imports are deferred (see config.spec_model)."""
+    if experiment == "maze2d":
+        return run_sweep, dry_run
+    raise ConfigError(f"experiment {experiment!r} has no sweep runner")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rrf_ray.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep", help="a name in sweeps/ (maze2d, maze2d-smoke, maze2d-tiny) or a YAML path")
+    p.add_argument("sweep", help="a name in sweeps/ (e.g. maze2d, maze2d-smoke, maze2d-tiny) or a YAML path")
     p.add_argument("--storage", default="results",
                    help="where sweeps live, one per name: a directory (default ./results; shared by every node "
                         "on a cluster) or a URI pyarrow opens (s3://bucket/path, gs://...)")
@@ -433,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.sweep, args.overrides)
     except ConfigError as e:
         exit_on_user_error(e)
+    run, describe = experiment_runner(spec.experiment)
     if args.dry_run:
-        print(dry_run(spec))
+        print(describe(spec))
         return 0
     try:
         storage = SweepStorage(args.storage, spec.name)
@@ -449,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         if stored is not None and json.loads(stored) != json.loads(spec.model_dump_json()):
             exit_on_user_error(ConfigError(f"the spec differs from the one {storage.uri} was started with "
                                            "(its spec.json); resume with the same spec and --set overrides"))
-    run_sweep(spec, storage, resume=args.resume, address=args.address)
+    run(spec, storage, resume=args.resume, address=args.address)
     return 0
 
 
