@@ -13,8 +13,9 @@ os.environ.setdefault("MINARI_DATASETS_PATH", "/tmp/rrf_ray-test-minari-unused")
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray. More logical CPUs than cores leaves headroom (SPEC section 7)."""
+    """A real local Ray of its own (never a cluster already running on this machine). More logical
+    CPUs than cores leaves headroom (SPEC section 7)."""
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=True, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False)
     yield
     ray.shutdown()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from rrf_ray.checkpoints import make_ema, report_with_checkpoint, restore_training, training_state
 from rrf_ray.config import RewardSpec, ResourceSpec
 from rrf_ray.ray_utils import quiet_ray_data, say, scaling_config, train_run_config, train_worker_setup
-from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_config, reward_gradient
+from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_gradient, sample_reward_config
 from rrf_ray.rrf.shards import Manifest, verify_shards
 
 
@@ -37,8 +37,7 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class AlignJob:
     spec: RewardSpec
-    horizon: int
-    transition_dim: int
+    sample_shape: tuple[int, ...]  # (horizon, transition_dim) windows, (C, H, W) latents
     normalizer: dict | None
     seed: int
     threads: int
@@ -82,7 +81,9 @@ def align_loop_per_worker(config: dict) -> None:
     quiet_ray_data()
     torch.manual_seed(job.seed)  # same initial weights on every worker
 
-    net = build_reward_net(spec, job.horizon, job.transition_dim)
+    # A job pickled by code from before sample_shape carries (horizon, transition_dim) instead.
+    sample_shape = tuple(getattr(job, "sample_shape", None) or (job.horizon, job.transition_dim))
+    net = build_reward_net(spec, *sample_shape)
     ema = make_ema(net, spec.ema_decay)
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
     state = restore_training(KIND, net, ema, optimizer)
@@ -92,7 +93,7 @@ def align_loop_per_worker(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if job.has_val else None
     batch = max(1, spec.batch_size // world)
-    config_json = reward_config(spec, job.horizon, job.transition_dim, job.normalizer)
+    config_json = sample_reward_config(spec, sample_shape, job.normalizer)
     if rank == 0:
         what = f"resuming at step {step}" if resumed_from else "starting"
         say(f"[{job.label}] {what}: {spec.train_steps} steps, batch {batch} x {world} worker(s) on {device}")
@@ -192,7 +193,7 @@ def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_p
     from ray.train.torch import TorchTrainer
 
     datasets, manifest = shard_datasets(shard_dir, materialize, remote)
-    job = AlignJob(spec, manifest.horizon, manifest.transition_dim, normalizer, seed,
+    job = AlignJob(spec, manifest.sample_shape, normalizer, seed,
                    max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets)
     trainer = TorchTrainer(
         align_loop_per_worker,

@@ -191,7 +191,7 @@ def pregenerate(base, expert, out_dir, spec: PregenSpec, seed: int = 0, starts: 
         manifest = None
     out_dir.mkdir(parents=True, exist_ok=True)
     if manifest is None:
-        manifest = Manifest(fingerprint, base_model.horizon, base_model.transition_dim)
+        manifest = Manifest(fingerprint, (base_model.horizon, base_model.transition_dim))
 
     plan = _plan(spec)
     n_val = _val_count(len(plan), spec.val_fraction)

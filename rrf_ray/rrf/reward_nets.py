@@ -1,6 +1,8 @@
 """Reward networks rho(x, t) on normalised windows (B, H, D) and diffusion steps t (B,).
 
-Both are smooth (Mish), since training differentiates their input-gradient again.
+All are smooth (Mish), since training differentiates their input-gradient again. The
+image experiment's convolutional reward over (B, C, H, W) latents lives in
+`rrf_ray.image.reward`; `build_reward_net` and `load_reward` reach it by its kind.
 """
 
 from __future__ import annotations
@@ -83,7 +85,14 @@ class ValueUNetReward(nn.Module):
         return self.net(x.transpose(1, 2), t).sample.squeeze(-1)
 
 
-def build_reward_net(spec: RewardSpec, horizon: int, transition_dim: int) -> nn.Module:
+def build_reward_net(spec: RewardSpec, *sample_shape: int) -> nn.Module:
+    """The net of `spec.kind` for samples of `sample_shape`: (horizon, transition_dim) windows, or
+    (C, H, W) latents for the image experiment's `latent_conv`."""
+    if spec.kind == "latent_conv":  # deferred: the image package is an optional extra
+        from rrf_ray.image.reward import build_latent_reward
+
+        return build_latent_reward(spec, sample_shape)
+    horizon, transition_dim = sample_shape
     if spec.kind == "window_mlp":
         return WindowMLPReward(horizon, transition_dim, spec.model_horizon, spec.hidden, spec.t_embed_dim)
     return ValueUNetReward(horizon, transition_dim, spec.unet_dim, spec.unet_dim_mults)
@@ -104,8 +113,30 @@ KIND = "reward_net"
 
 
 def reward_config(spec: RewardSpec, horizon: int, transition_dim: int, normalizer: dict | None) -> dict:
-    return {"kind": KIND, "reward": spec.model_dump(mode="json"), "horizon": horizon,
-            "transition_dim": transition_dim, "normalizer": normalizer}
+    return sample_reward_config(spec, (horizon, transition_dim), normalizer)
+
+
+def sample_reward_config(spec: RewardSpec, sample_shape, normalizer: dict | None) -> dict:
+    """A reward checkpoint's config for samples of any fixed shape (windows keep horizon/transition_dim)."""
+    config = {"kind": KIND, "reward": spec.model_dump(mode="json"), "sample_shape": [int(n) for n in sample_shape],
+              "normalizer": normalizer}
+    if len(sample_shape) == 2:
+        config["horizon"], config["transition_dim"] = (int(n) for n in sample_shape)
+    return config
+
+
+def sample_shape_of(config: dict) -> tuple[int, ...]:
+    """The sample shape a reward checkpoint scores (configs before sample_shape: windows)."""
+    return tuple(config.get("sample_shape") or (config["horizon"], config["transition_dim"]))
+
+
+def reward_spec_of(config: dict) -> RewardSpec:
+    """The reward spec stored in a checkpoint config, as the model of its kind."""
+    if config["reward"].get("kind") == "latent_conv":
+        from rrf_ray.image.config import ImageRewardSpec
+
+        return ImageRewardSpec.model_validate(config["reward"])
+    return RewardSpec.model_validate(config["reward"])
 
 
 class TrainedReward:
@@ -113,7 +144,8 @@ class TrainedReward:
 
     def __init__(self, net: nn.Module, config: dict, step: int):
         self.net, self.config, self.step = net.eval(), config, step
-        self.horizon, self.transition_dim = config["horizon"], config["transition_dim"]
+        self.sample_shape = sample_shape_of(config)
+        self.horizon, self.transition_dim = config.get("horizon"), config.get("transition_dim")
 
     @property
     def normalizer(self):
@@ -127,7 +159,7 @@ class TrainedReward:
 
     @torch.no_grad()
     def score(self, x, t: int = 0, batch_size: int = 4096) -> np.ndarray:
-        """Rewards of normalised windows (N, H, D) at diffusion step t, as numpy."""
+        """Rewards of normalised windows (N, H, D) (or samples of any trained shape) at step t, as numpy."""
         device = next(self.net.parameters()).device
         out = []
         for i in range(0, len(x), batch_size):
@@ -142,6 +174,6 @@ def load_reward(path, use_ema: bool = True, device: str = "cpu") -> TrainedRewar
 
     with as_directory(path) as d:
         config, state = read_checkpoint(d, KIND)
-    net = build_reward_net(RewardSpec.model_validate(config["reward"]), config["horizon"], config["transition_dim"])
+    net = build_reward_net(reward_spec_of(config), *sample_shape_of(config))
     net.load_state_dict(state["ema" if use_ema else "model"])
     return TrainedReward(net.to(device), config, int(state["step"]))

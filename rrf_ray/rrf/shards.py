@@ -1,8 +1,9 @@
 """Parquet shards of training triples, and the manifest that says which ones to trust.
 
-Columns: `x_next`, `x_base`, `x_expert` as fixed-shape float32 tensor columns [H, D]
-(Arrow's canonical `fixed_shape_tensor`: Ray Data reads them as (B, H, D) tensors; a
-list-of-arrays column is ~100x slower), plus `t` (diffusion step of x_next),
+Columns: `x_next`, `x_base`, `x_expert` as fixed-shape float32 tensor columns of one
+sample shape ([H, D] trajectory windows, [C, H, W] image latents; Arrow's canonical
+`fixed_shape_tensor`: Ray Data reads them as (B, *shape) tensors; a list-of-arrays
+column is ~100x slower), plus `t` (diffusion step of x_next),
 `chain_kind` (1: the chain followed the base model, 2: the expert, 0: dataset noising)
 and `chain_id`. Each shard is written to a temp file and renamed; the manifest records
 its rows and SHA-256 and is itself replaced atomically after each shard.
@@ -45,8 +46,8 @@ def triples_table(x_next, x_base, x_expert, t, chain_kind, chain_id) -> pa.Table
     return pa.table(columns)
 
 
-def expected_schema(horizon: int, transition_dim: int) -> pa.Schema:
-    tensor = pa.fixed_shape_tensor(pa.float32(), [horizon, transition_dim])
+def expected_schema(*sample_shape: int) -> pa.Schema:
+    tensor = pa.fixed_shape_tensor(pa.float32(), [int(n) for n in sample_shape])
     return pa.schema([(c, tensor) for c in TENSOR_COLUMNS]
                      + [("t", pa.int32()), ("chain_kind", pa.int8()), ("chain_id", pa.int64())])
 
@@ -71,12 +72,31 @@ def write_shard(path: Path, table: pa.Table) -> dict:
 
 @dataclass
 class Manifest:
-    """What a shard directory holds: its spec fingerprint, shape, and each complete shard."""
+    """What a shard directory holds: its spec fingerprint, sample shape, and each complete shard.
+
+    sample_shape is (horizon, transition_dim) for trajectory windows, (C, H, W) for image latents.
+    """
 
     fingerprint: dict
-    horizon: int
-    transition_dim: int
+    sample_shape: tuple[int, ...]
     shards: dict[str, dict] = field(default_factory=dict)  # name -> {rows, sha256, split}
+
+    def __post_init__(self):
+        self.sample_shape = tuple(int(n) for n in self.sample_shape)
+
+    @property
+    def horizon(self) -> int:
+        """Rows of a trajectory window (sample_shape[0])."""
+        return self.sample_shape[0]
+
+    @horizon.setter
+    def horizon(self, value: int) -> None:
+        self.sample_shape = (int(value), *self.sample_shape[1:])
+
+    @property
+    def transition_dim(self) -> int:
+        """Channels of a trajectory window (sample_shape[-1])."""
+        return self.sample_shape[-1]
 
     @classmethod
     def load(cls, directory) -> "Manifest | None":
@@ -84,11 +104,13 @@ class Manifest:
         if not path.exists():
             return None
         d = json.loads(path.read_text())
-        return cls(d["fingerprint"], d["horizon"], d["transition_dim"], d["shards"])
+        shape = d.get("sample_shape") or (d["horizon"], d["transition_dim"])  # manifests before sample_shape
+        return cls(d["fingerprint"], shape, d["shards"])
 
     def save(self, directory) -> None:
-        body = {"fingerprint": self.fingerprint, "horizon": self.horizon,
-                "transition_dim": self.transition_dim, "shards": self.shards}
+        body = {"fingerprint": self.fingerprint, "sample_shape": list(self.sample_shape), "shards": self.shards}
+        if len(self.sample_shape) == 2:  # still readable by code that knows only windows
+            body["horizon"], body["transition_dim"] = self.sample_shape
         write_atomic(Path(directory) / MANIFEST, json.dumps(body, indent=1, sort_keys=True))
 
     def paths(self, directory, split: str | None = None) -> list[str]:
@@ -113,7 +135,7 @@ def verify_shards(directory) -> Manifest:
     manifest = Manifest.load(directory)
     if manifest is None:
         raise ShardError(f"no {MANIFEST} in {directory}: pre-generate the triples first")
-    schema = expected_schema(manifest.horizon, manifest.transition_dim)
+    schema = expected_schema(*manifest.sample_shape)
     for name, entry in sorted(manifest.shards.items()):
         path = directory / name
         if not path.exists():
