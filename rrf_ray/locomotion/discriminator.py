@@ -1,0 +1,184 @@
+"""The discriminator baseline (SPEC section 5): the reward's architecture trained with BCE to tell
+expert windows (label 1) from base windows (label 0), guiding by grad log sigmoid(D(x, t)).
+
+Guidance acts on noisy x_t, so, like any classifier used for guidance, D is trained on windows
+noised by the diffusers' forward process at random steps t (with the first state inpainted, as
+the planner sees them). Held-out accuracy thresholds the logits at 0. Trained by Ray Train with
+checkpoints (a run rebuilt with the same storage path and name resumes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import nn
+
+from rrf_ray.checkpoints import (as_directory, make_ema, read_checkpoint, report_with_checkpoint,
+                                 restore_training, training_state)
+from rrf_ray.config import DiffusionSpec, ResourceSpec, RewardSpec
+from rrf_ray.diffusion.model import apply_conditioning
+from rrf_ray.locomotion.config import DiscriminatorSpec
+from rrf_ray.ray_utils import say, scaling_config, train_run_config, train_worker_setup
+from rrf_ray.rrf.reward_nets import build_reward_net, reward_config
+
+KIND = "discriminator"
+
+
+def noise_schedule(diffusion: DiffusionSpec) -> DDPMScheduler:
+    """The diffusers' forward process (same cosine schedule and T)."""
+    return DDPMScheduler(num_train_timesteps=diffusion.n_timesteps, beta_schedule="squaredcos_cap_v2")
+
+
+def noised(x0: torch.Tensor, t: torch.Tensor, scheduler: DDPMScheduler, action_dim: int,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    x_t = scheduler.add_noise(x0, noise, t)
+    return apply_conditioning(x_t, {0: x0[:, 0, action_dim:]}, action_dim)
+
+
+def bce_loss(net: nn.Module, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(net(x_t, t), labels)
+
+
+def log_sigmoid_guide(net: nn.Module):
+    """The guide of the baseline: log sigma(D(x, t)), whose input-gradient steers the planner."""
+    def guide(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.logsigmoid(net(x, t))
+    return guide
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, base: np.ndarray, expert: np.ndarray, device) -> float:
+    """Balanced held-out accuracy at t = 0 (logits thresholded at 0)."""
+    correct, total = 0, 0
+    for windows, label in ((base, 0), (expert, 1)):
+        for i in range(0, len(windows), 1024):
+            x = torch.as_tensor(windows[i:i + 1024], device=device)
+            logits = net(x, torch.zeros(len(x), dtype=torch.long, device=device))
+            correct += int(((logits > 0) == bool(label)).sum())
+            total += len(x)
+    return correct / max(total, 1)
+
+
+@dataclass
+class DiscriminatorJob:
+    base: object  # ObjectRef to TrajectoryWindows (train)
+    expert: object
+    val: object  # ObjectRef to (base windows, expert windows) held out, normalised arrays
+    spec: DiscriminatorSpec
+    reward: RewardSpec  # the architecture
+    diffusion: DiffusionSpec  # the noise schedule
+    normalizer: dict
+    seed: int
+    threads: int
+    label: str
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def train_loop_per_worker(config: dict) -> None:
+    job: DiscriminatorJob = config["job"]
+    spec = job.spec
+    rank, world, device = train_worker_setup(job.threads)
+    base, expert = ray.get(job.base), ray.get(job.expert)
+    val_base, val_expert = ray.get(job.val)
+    torch.manual_seed(job.seed)
+    rng = np.random.default_rng([job.seed, rank])
+    generator = torch.Generator().manual_seed(job.seed * 1009 + rank)
+    scheduler = noise_schedule(job.diffusion)
+    net = build_reward_net(job.reward, base.horizon, base.transition_dim)
+    ema = make_ema(net, spec.ema_decay)
+    optimizer = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
+    state = restore_training(KIND, net, ema, optimizer)
+    step = resumed_from = int(state["step"]) if state else 0
+    ema.to(device)
+    model = ray.train.torch.prepare_model(net)
+    net = _unwrap(model)
+    half = max(1, spec.batch_size // (2 * world))
+    config_json = {**reward_config(job.reward, base.horizon, base.transition_dim, job.normalizer), "kind": KIND}
+    if rank == 0:
+        say(f"[{job.label}] {'resuming at step %d' % step if step else 'starting'}: {spec.train_steps} steps, "
+            f"batch {2 * half} x {world} worker(s) on {device}")
+
+    def report(metrics, with_checkpoint):
+        if with_checkpoint:
+            metrics["val_accuracy"] = accuracy(ema.module, val_base, val_expert, device)
+            report_with_checkpoint(metrics, rank, config_json, lambda: training_state(net, ema, optimizer, step))
+        else:
+            ray.train.report(metrics)
+
+    if step >= spec.train_steps:
+        report({"step": step, "loss": float("nan"), "resumed_from_step": resumed_from}, True)
+        return
+    losses, t_last = [], time.perf_counter()
+    while step < spec.train_steps:
+        x0 = torch.from_numpy(np.concatenate([base.sample(rng, half), expert.sample(rng, half)])).to(device)
+        labels = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
+        t = torch.randint(0, job.diffusion.n_timesteps, (len(x0),), generator=generator).to(device)
+        loss = bce_loss(model, noised(x0, t, scheduler, base.action_dim, generator), t, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[{job.label}] discriminator loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        ema.update_parameters(net)
+        step += 1
+        losses.append(loss.item())
+        last = step == spec.train_steps
+        if step % spec.log_every == 0 or step % spec.checkpoint_every == 0 or last:
+            now = time.perf_counter()
+            metrics = {"step": step, "loss": float(np.mean(losses)), "resumed_from_step": resumed_from,
+                       "samples_per_s": len(losses) * 2 * half * world / max(now - t_last, 1e-9)}
+            losses, t_last = [], now
+            report(metrics, step % spec.checkpoint_every == 0 or last)
+            if rank == 0:
+                acc = f" val_acc {metrics['val_accuracy']:.3f}" if "val_accuracy" in metrics else ""
+                say(f"[{job.label}] step {step}/{spec.train_steps} bce {metrics['loss']:.4f}{acc}")
+
+
+def train_discriminator(base, expert, val_base: np.ndarray, val_expert: np.ndarray, spec: DiscriminatorSpec,
+                        reward: RewardSpec, diffusion: DiffusionSpec, resources: ResourceSpec, storage_path,
+                        name: str, seed: int = 0, callbacks=None) -> ray.train.Result:
+    """Train (or resume) the discriminator run `name`: TrajectoryWindows `base` and `expert` in one
+    normalised space (their normaliser is saved with the model)."""
+    from ray.train.torch import TorchTrainer
+
+    normalizer = base.normalizer.to_dict() if base.normalizer is not None else None
+    job = DiscriminatorJob(ray.put(base), ray.put(expert),
+                           ray.put((np.asarray(val_base, np.float32), np.asarray(val_expert, np.float32))),
+                           spec, reward, diffusion, normalizer, seed, max(1, math.floor(resources.cpus_per_worker)),
+                           name)
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config={"job": job},
+                           scaling_config=scaling_config(resources),
+                           run_config=train_run_config(name, storage_path, 0, callbacks))
+    return trainer.fit()
+
+
+class TrainedDiscriminator:
+    def __init__(self, net: nn.Module, config: dict, step: int):
+        self.net, self.config, self.step = net.eval(), config, step
+
+    def logits(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(x, t)
+
+    def guide(self):
+        return log_sigmoid_guide(self.net)
+
+
+def load_discriminator(path, use_ema: bool = True, device: str = "cpu") -> TrainedDiscriminator:
+    with as_directory(path) as d:
+        config, state = read_checkpoint(d, KIND)
+    net = build_reward_net(RewardSpec.model_validate(config["reward"]), config["horizon"], config["transition_dim"])
+    net.load_state_dict(state["ema" if use_ema else "model"])
+    return TrainedDiscriminator(net.to(device), config, int(state["step"]))
