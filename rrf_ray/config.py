@@ -327,7 +327,15 @@ def spec_model(experiment: object) -> type[BaseModel]:
     """
     if experiment == "maze2d":
         return SweepSpec
-    raise ConfigError(f"experiment: unknown experiment {experiment!r}; known: maze2d")
+    if experiment == "locomotion":
+        from rrf_ray.locomotion.config import LocomotionSweepSpec
+
+        return LocomotionSweepSpec
+    if experiment == "image":
+        from rrf_ray.image.config import ImageSweepSpec
+
+        return ImageSweepSpec
+    raise ConfigError(f"experiment: unknown experiment {experiment!r}; known: maze2d, locomotion, image")
 
 
 def spec_from_dict(raw: dict, source: str = "spec", overrides: list[str] | None = None):

@@ -303,11 +303,16 @@ def _read_result(storage: SweepStorage, tid: str) -> dict | None:
 # -- running stages on Tune ------------------------------------------------------------
 
 def run_stage(name: str, trainable, param_space: dict, spec: SweepSpec, storage: SweepStorage, resume: bool,
-              metric_columns: list[str]):
+              metric_columns: list[str], trial_resources: dict | None = None):
+    """A Tune grid `name` of `trainable(config, spec=, storage=)`; restored when resuming.
+
+    trial_resources: what each trial's own process holds (default resources.trial_cpus CPUs; its
+    Train runs ask for theirs); trials that compute in their own process ask for more.
+    """
     from ray import tune
 
     fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, storage=storage),
-                             {"cpu": spec.resources.trial_cpus})
+                             trial_resources or {"cpu": spec.resources.trial_cpus})
     fs = storage.fs  # None for a directory: Tune uses the local file system
     root = storage.remote if storage.is_remote else str(storage.local)
     path = f"{root}/{name}"
@@ -418,6 +423,16 @@ def experiment_runner(experiment: str):
     dry_run(spec) -> the text --dry-run prints. Imports are deferred (see config.spec_model)."""
     if experiment == "maze2d":
         return run_sweep, dry_run
+    if experiment == "locomotion":
+        from rrf_ray.locomotion.sweep import dry_run as locomotion_dry_run
+        from rrf_ray.locomotion.sweep import run_locomotion_sweep
+
+        return run_locomotion_sweep, locomotion_dry_run
+    if experiment == "image":
+        from rrf_ray.image.sweep import dry_run as image_dry_run
+        from rrf_ray.image.sweep import run_image_sweep
+
+        return run_image_sweep, image_dry_run
     raise ConfigError(f"experiment {experiment!r} has no sweep runner")
 
 
@@ -458,7 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         if stored is not None and json.loads(stored) != json.loads(spec.model_dump_json()):
             exit_on_user_error(ConfigError(f"the spec differs from the one {storage.uri} was started with "
                                            "(its spec.json); resume with the same spec and --set overrides"))
-    run(spec, storage, resume=args.resume, address=args.address)
+    from rrf_ray.data.datasets import DatasetError
+
+    try:
+        run(spec, storage, resume=args.resume, address=args.address)
+    except (DatasetError, ConfigError) as e:  # a missing or unfit dataset or input file: a user error, exit 2
+        exit_on_user_error(e)
     return 0
 
 

@@ -1,0 +1,168 @@
+"""Held-out evaluation: does the reward tell Safe SD's final latents from SD's?
+
+Final latents are the last step's followed branch of each held-out chain (x_base of
+kind-1 chains, x_expert of kind-2 chains); they are scored at evaluation.t. Accuracy and
+ROC AUC come from rrf_ray.eval.discriminability (a 1-D logistic regression fitted on one
+half, scored on the other; the safe pipeline is the positive class). The page shows, for
+batches of held-out images, the highest- and lowest-reward decoded images, the lowest
+blurred (they are the likeliest to be harmful).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from rrf_ray.atomic import write_atomic
+from rrf_ray.image.config import ImageEvaluationSpec
+from rrf_ray.rrf.shards import Manifest
+
+PIPELINES = {1: "SD", 2: "SD+SLD"}
+
+
+def final_latents(shard_dir, split: str = "val") -> dict:
+    """{latents (N, C, H, W), kind (N,), chain_id (N,)}: each chain's last latent, read one column at a time."""
+    manifest = Manifest.load(shard_dir)
+    paths = manifest.paths(shard_dir, split)
+    if not paths:
+        raise ValueError(f"{shard_dir} has no {split!r} shards to evaluate on (raise generation.val_fraction "
+                         "or add prompts)")
+    latents, kinds, ids = [], [], []
+    for path in paths:
+        t = pq.read_table(path, columns=["t"])["t"]
+        last = pc.min(t).as_py()
+        table = pq.read_table(path, filters=[("t", "==", last)])
+        kind = table["chain_kind"].to_numpy()
+        x_base = table["x_base"].combine_chunks().to_numpy_ndarray()
+        x_expert = table["x_expert"].combine_chunks().to_numpy_ndarray()
+        latents.append(np.where((kind == 2)[:, None, None, None], x_expert, x_base))
+        kinds.append(kind)
+        ids.append(table["chain_id"].to_numpy())
+    return {"latents": np.concatenate(latents), "kind": np.concatenate(kinds), "chain_id": np.concatenate(ids)}
+
+
+def score_finals(reward, finals: dict, t: int = 0, seed: int = 0) -> dict:
+    """Rewards of the final latents, and held-out accuracy / ROC AUC separating SD+SLD from SD."""
+    from rrf_ray.eval.discriminability import discriminability
+
+    rewards = reward.score(finals["latents"], t=t, batch_size=64)
+    base, expert = rewards[finals["kind"] == 1], rewards[finals["kind"] == 2]
+    accuracy, auc = discriminability(base, expert, seed=seed)
+    return {"rewards": rewards, "accuracy": accuracy, "auc": auc, "n_base": int(len(base)),
+            "n_expert": int(len(expert)), "mean_reward_base": float(base.mean()),
+            "mean_reward_expert": float(expert.mean())}
+
+
+@ray.remote
+def _decode(model: str, latents: np.ndarray, dtype: str, use_gpu: bool) -> np.ndarray:
+    """uint8 images (N, H, W, 3) from latents with the model's VAE (a task: GPU when there is one)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from rrf_ray.image.pipeline import DTYPES
+
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=DTYPES[dtype]).to(device).eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(latents), 8):
+            z = torch.as_tensor(latents[i:i + 8], device=device, dtype=DTYPES[dtype]) / vae.config.scaling_factor
+            img = (vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)
+            out.append((img.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
+    return np.concatenate(out)
+
+
+def pick_extremes(rewards: np.ndarray, spec: ImageEvaluationSpec, seed: int = 0) -> list[dict]:
+    """Per batch of held-out images (a seeded shuffle): indices of the `show` highest and lowest rewards."""
+    order = np.random.default_rng(seed).permutation(len(rewards))
+    batches = []
+    for b in range(min(spec.max_batches, len(order) // spec.batch_size or 1)):
+        idx = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+        ranked = idx[np.argsort(-rewards[idx])]
+        k = min(spec.show, len(ranked) // 2)
+        batches.append({"highest": ranked[:k].tolist(), "lowest": ranked[::-1][:k].tolist()})
+    return batches
+
+
+def extremes_png(images: dict[int, np.ndarray], batches: list[dict], rewards, kinds, blur_fraction: float) -> bytes:
+    """A grid: one row per batch, the highest-reward images then the lowest (blurred)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image, ImageFilter
+
+    cols = max(len(b["highest"]) + len(b["lowest"]) for b in batches)
+    fig, axes = plt.subplots(len(batches), cols, figsize=(2.2 * cols, 2.4 * len(batches)), squeeze=False)
+    for r, batch in enumerate(batches):
+        cells = [(i, False) for i in batch["highest"]] + [(i, True) for i in batch["lowest"]]
+        for col in range(cols):
+            ax = axes[r][col]
+            ax.axis("off")
+            if col >= len(cells):
+                continue
+            i, blurred = cells[col]
+            img = Image.fromarray(images[i])
+            if blurred and blur_fraction > 0:
+                img = img.filter(ImageFilter.GaussianBlur(radius=blur_fraction * img.width))
+            ax.imshow(img)
+            side = "lowest (blurred)" if blurred else "highest"
+            ax.set_title(f"b{r + 1} {side}\n{PIPELINES[int(kinds[i])]} r={rewards[i]:.3g}", fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(out_dir, scores: dict, finals: dict, batches: list[dict], prompts: list[str], images_per_prompt: int,
+                 png: bytes, context: dict) -> Path:
+    """report.md + figures/extremes.png + results.json under `out_dir`."""
+    out_dir = Path(out_dir)
+    write_atomic(out_dir / "figures" / "extremes.png", png)
+    metrics = {k: v for k, v in scores.items() if k != "rewards"}
+    write_atomic(out_dir / "results.json", json.dumps({**metrics, **context}, indent=1, default=str))
+    rewards, kinds, ids = scores["rewards"], finals["kind"], finals["chain_id"]
+    lines = [
+        f"# {context.get('name', 'image')}: relative reward, Stable Diffusion vs Safe Stable Diffusion",
+        "",
+        f"Model `{context.get('model')}`; {context.get('prompts_used')} prompts from `{context.get('prompts_file')}`; "
+        f"{context.get('steps')} DDIM steps, CFG {context.get('guidance_scale')}, SLD {context.get('safety')}.",
+        f"Training triples: {context.get('train_rows')} rows (train), {context.get('val_rows')} (held out); "
+        f"reward: {context.get('reward_steps')} steps, final loss {_fmt(context.get('loss'))}, "
+        f"held-out gradient cosine {_fmt(context.get('val_cosine'))}.",
+        "",
+        "## Held-out separation of the two pipelines' final latents",
+        "",
+        "| metric | value | paper |",
+        "|---|---|---|",
+        f"| accuracy (logistic regression on the reward, held-out half) | {scores['accuracy']:.3f} | > 0.90 |",
+        f"| ROC AUC | {scores['auc']:.3f} | |",
+        f"| final latents scored | {scores['n_base']} SD, {scores['n_expert']} SD+SLD | |",
+        f"| mean reward | SD {scores['mean_reward_base']:.4g}, SD+SLD {scores['mean_reward_expert']:.4g} | |",
+        "",
+        "## Highest- and lowest-reward images per batch",
+        "",
+        f"Batches of held-out images; the lowest-reward images are blurred. ![extremes](figures/extremes.png)",
+        "",
+        "| batch | side | reward | pipeline | prompt |",
+        "|---|---|---|---|---|",
+    ]
+    for b, batch in enumerate(batches):
+        for side in ("highest", "lowest"):
+            for i in batch[side]:
+                prompt = prompts[int(ids[i]) // images_per_prompt].replace("|", "/")
+                lines.append(f"| {b + 1} | {side} | {rewards[i]:.4g} | {PIPELINES[int(kinds[i])]} | "
+                             f"{prompt[:80]} |")
+    return write_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"

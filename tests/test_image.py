@@ -1,0 +1,185 @@
+"""The image experiment on a tiny random Stable Diffusion pipeline built here (nothing is downloaded):
+the two-branch step against diffusers' own pipelines, then generation -> shards -> reward -> evaluation."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local directory only: never the hub
+
+import json  # noqa: E402
+
+import matplotlib.image as mpimg  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+pytest.importorskip("transformers")
+
+from tiny_sd import save_tiny_pipeline  # noqa: E402
+
+from rrf_ray.image.config import GenerationSpec, ImageRewardSpec, SafetySpec  # noqa: E402
+from rrf_ray.image.pipeline import initial_latents, latent_chains, load_components  # noqa: E402
+from rrf_ray.rrf.shards import verify_shards  # noqa: E402
+from rrf_ray.sweep import main  # noqa: E402
+
+LATENT = 8  # 4x8x8 latents, 16x16 images
+PROMPTS = ["a red cat on a sofa", "a city at night", "a bowl of fruit", "a dark forest", "an old man smiling",
+           "a knife on a table", "two dogs playing", "a burning car", "a quiet lake", "a crowded street",
+           "a portrait in oil", "a storm at sea"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return str(save_tiny_pipeline(tmp_path_factory.mktemp("sd") / "tiny-sd", latent_size=LATENT))
+
+
+def gen_spec(model, **kw):
+    base = dict(model=model, prompts="unused", steps=4, latent_size=LATENT, batch_size=4, prompts_per_shard=2,
+                val_fraction=0.5)
+    return GenerationSpec(**{**base, **kw})
+
+
+def test_branches_follow_diffusers_sd_and_safe_sd(tiny_model):
+    """Kind-2 chains step exactly as StableDiffusionPipelineSafe (DDIM), kind-1 as StableDiffusionPipeline."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionPipelineSafe
+
+    safety = SafetySpec(warmup_steps=1)
+    gen = gen_spec(tiny_model)
+    c = load_components(tiny_model)
+    rows = latent_chains(c, ["a burning car"], [0], gen, safety, seed=3)
+    x_t = initial_latents(c, [0], 3, LATENT)
+    kind, t = rows["chain_kind"], rows["t"]
+    steps = sorted(set(t.tolist()), reverse=True)
+    safe = StableDiffusionPipelineSafe.from_pretrained(tiny_model, safety_checker=None, feature_extractor=None,
+                                                       requires_safety_checker=False)
+    safe.scheduler = DDIMScheduler.from_config(safe.scheduler.config)
+    seen = []
+    safe("a burning car", height=2 * LATENT, width=2 * LATENT, num_inference_steps=4, latents=x_t.clone(),
+         sld_guidance_scale=safety.guidance_scale, sld_warmup_steps=safety.warmup_steps,
+         sld_threshold=safety.threshold, sld_momentum_scale=safety.momentum_scale, sld_mom_beta=safety.mom_beta,
+         callback=lambda i, ts, latents: seen.append(latents.clone()), callback_steps=1)
+    ours = [rows["x_expert"][(kind == 2) & (t == s)][0] for s in steps]
+    np.testing.assert_allclose(np.stack(ours), torch.cat(seen).numpy(), atol=1e-5)
+    sd = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    final = sd("a burning car", height=2 * LATENT, width=2 * LATENT, num_inference_steps=4, latents=x_t.clone(),
+               output_type="latent").images
+    np.testing.assert_allclose(rows["x_base"][(kind == 1) & (t == steps[-1])][0], final[0].numpy(), atol=1e-5)
+    # the safety term changes the chain: the two pipelines' final latents differ
+    assert not np.allclose(ours[-1], final[0].numpy(), atol=1e-3)
+
+
+def test_branches_differ_only_where_safety_guidance_applies(tiny_model):
+    c = load_components(tiny_model)
+    gen = gen_spec(tiny_model, steps=5)
+    rows = latent_chains(c, PROMPTS[:2], [0, 1], gen, SafetySpec(warmup_steps=2), seed=0)
+    t = rows["t"]
+    steps = sorted(set(t.tolist()), reverse=True)
+    diff = np.abs(rows["x_expert"] - rows["x_base"]).reshape(len(t), -1).max(axis=1)
+    warmup = np.isin(t, steps[:2])
+    assert np.all(diff[warmup] == 0) and np.all(diff[~warmup] > 0)
+    off = latent_chains(c, PROMPTS[:2], [0, 1], gen, SafetySpec(guidance_scale=0.0), seed=0)
+    np.testing.assert_array_equal(off["x_expert"], off["x_base"])
+    # each chain continues from the branch it follows; both kinds start from the same x_T
+    kind, cid = rows["chain_kind"], rows["chain_id"]
+    for k, col in ((1, "x_base"), (2, "x_expert")):
+        now = np.flatnonzero((kind == k) & (t == steps[2]) & (cid == 1))[0]
+        nxt = np.flatnonzero((kind == k) & (t == steps[3]) & (cid == 1))[0]
+        np.testing.assert_array_equal(rows[col][now], rows["x_next"][nxt])
+    first = [np.flatnonzero((kind == k) & (t == steps[0]) & (cid == 0))[0] for k in (1, 2)]
+    np.testing.assert_array_equal(rows["x_next"][first[0]], rows["x_next"][first[1]])
+
+
+def test_generation_writes_tensor_shards(ray_local, tiny_model, tmp_path):
+    from rrf_ray.image.generate import generate_shards
+
+    gen = gen_spec(tiny_model)
+    manifest = generate_shards(tiny_model, PROMPTS[:4], tmp_path, gen, SafetySpec(warmup_steps=1), progress=False)
+    assert manifest.sample_shape == (4, LATENT, LATENT)
+    assert manifest.rows() == 4 * 2 * gen.steps and manifest.rows("val") == manifest.rows("train")
+    verify_shards(tmp_path)
+    table = pq.read_table(tmp_path / "shard-00000.parquet")
+    assert str(table.schema.field("x_base").type).startswith("extension<arrow.fixed_shape_tensor")
+    assert table["x_next"].combine_chunks().to_numpy_ndarray().shape == (16, 4, LATENT, LATENT)
+    assert set(table["chain_kind"].to_numpy()) == {1, 2} and set(table["chain_id"].to_numpy()) == {0, 1}
+    again = generate_shards(tiny_model, PROMPTS[:4], tmp_path, gen, SafetySpec(warmup_steps=1), progress=False)
+    assert again.shards == manifest.shards  # intact shards are kept
+
+
+def tiny_sweep_yaml(tmp_path, model, prompts_file, **reward):
+    spec = {
+        "name": "sd-tiny", "experiment": "image", "seed": 0,
+        "generation": {"model": model, "prompts": str(prompts_file), "steps": 6, "latent_size": LATENT,
+                       "batch_size": 4, "prompts_per_shard": 4, "val_fraction": 0.34, "images_per_prompt": 2},
+        "safety": {"warmup_steps": 1},
+        "reward": {"unet_dim": 8, "unet_dim_mults": [1, 2], "hidden": [32], "learning_rate": 3e-3,
+                   "batch_size": 32, "train_steps": 150, "checkpoint_every": 150, "log_every": 50,
+                   "ema_decay": 0.9, "val_batches": 4, **reward},
+        "evaluation": {"batch_size": 8, "show": 2, "max_batches": 2},
+        "resources": {"cpus_per_worker": 1},
+    }
+    path = tmp_path / "sd-tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def alignment_loss(net, table) -> float:
+    from rrf_ray.rrf.align import alignment_terms
+
+    batch = {k: torch.from_numpy(table[k].combine_chunks().to_numpy_ndarray()) for k in ("x_next", "x_base",
+                                                                                          "x_expert")}
+    batch["t"] = torch.from_numpy(table["t"].to_numpy())
+    loss, _, _ = alignment_terms(net, batch, "cpu", create_graph=False)
+    return loss.item()
+
+
+@pytest.mark.slow
+def test_sweep_cli_end_to_end_writes_the_report(ray_local, tiny_model, tmp_path):
+    from rrf_ray.rrf.reward_nets import build_reward_net, load_reward
+    from rrf_ray.rrf.shards import Manifest
+
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,categories\n" + "".join(f'"{p}",x\n' for p in PROMPTS))
+    spec = tiny_sweep_yaml(tmp_path, tiny_model, prompts)
+    assert main([str(spec), "--storage", str(tmp_path / "results")]) == 0
+    out = tmp_path / "results" / "sd-tiny"
+    report = (out / "report.md").read_text()
+    assert "ROC AUC" in report and "figures/extremes.png" in report
+    image = mpimg.imread(out / "figures" / "extremes.png")
+    assert image.ndim == 3 and image.shape[0] > 100
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["accuracy"] <= 1.0 and 0.0 <= results["auc"] <= 1.0
+    assert results["n_base"] == results["n_expert"] == 4 * 2  # 4 held-out prompts x 2 images, each pipeline
+    # the trainer learned from the streamed shards: the alignment loss on the training triples fell
+    # well below the same net's untrained loss (measured: 0.0015 -> 0.00045)
+    shard_dir = next((out / "artifacts" / "shards").iterdir())
+    train = pq.read_table(Manifest.load(shard_dir).paths(shard_dir, "train"))
+    reward = load_reward(next((out / "artifacts" / "rewards").iterdir()))
+    torch.manual_seed(0)
+    untrained = build_reward_net(ImageRewardSpec.model_validate(reward.config["reward"]), *reward.sample_shape)
+    before, after = alignment_loss(untrained, train), alignment_loss(reward.net, train)
+    assert after < 0.5 * before, (before, after)
+    # and its gradient points along the safety guidance on held-out prompts too (measured cosine
+    # 0.27; five untrained nets: -0.06 to 0.01). The held-out loss itself is not asserted: with a random
+    # text encoder and 8 training prompts the size of the guidance does not carry over, its
+    # direction (the one safety concept shared by every prompt) does.
+    assert json.loads((out / "reward_metrics.json").read_text())["val_cosine"] > 0.1
+    # a rerun with --resume reuses every artifact and rewrites the same numbers
+    assert main([str(spec), "--storage", str(tmp_path / "results"), "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["accuracy"] == results["accuracy"]
+
+
+def test_missing_model_or_prompts_exits_2_naming_it(tiny_model, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS))
+    spec = tiny_sweep_yaml(tmp_path, str(tmp_path / "no-weights-here"), prompts)
+    with pytest.raises(SystemExit) as e:
+        main([str(spec), "--storage", str(tmp_path / "results")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "no-weights-here") in err and "model_index.json" in err
+    spec = tiny_sweep_yaml(tmp_path, tiny_model, tmp_path / "missing.txt")
+    with pytest.raises(SystemExit) as e:
+        main([str(spec), "--storage", str(tmp_path / "results")])
+    assert e.value.code == 2 and str(tmp_path / "missing.txt") in capsys.readouterr().err
+    assert not (tmp_path / "results" / "sd-tiny").exists()  # nothing started
