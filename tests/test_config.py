@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rrf_ray.config import ConfigError, SweepSpec, load_spec, parse_override
+from rrf_ray.config import ConfigError, SweepSpec, load_spec, parse_override, spec_model
 from rrf_ray.mazes import DEFAULT_GOALS
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
@@ -10,7 +11,9 @@ SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
 def test_every_shipped_sweep_loads(path):
-    assert isinstance(load_spec(path), SweepSpec)
+    experiment = yaml.safe_load(path.read_text()).get("experiment", "maze2d")
+    spec = load_spec(path)
+    assert isinstance(spec, spec_model(experiment)) and spec.experiment == experiment
 
 
 def test_paper_profile_values():
