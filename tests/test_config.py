@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rrf_ray.config import ConfigError, SweepSpec, load_spec, parse_override, spec_model
+from rrf_ray.config import ConfigError, load_spec, parse_override, spec_model
 from rrf_ray.mazes import DEFAULT_GOALS
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
