@@ -170,8 +170,7 @@ def test_window_mlp_uses_contiguous_blocks():
 def test_value_unet_reward_supports_the_double_backward():
     from rrf_ray.rrf.reward_nets import build_reward_net
 
-    net = build_reward_net(RewardSpec(kind="value_unet", unet_dim=16, unet_dim_mults=[1, 2]), horizon=8,
-                           transition_dim=5)
+    net = build_reward_net(RewardSpec(kind="value_unet", unet_dim=16, unet_dim_mults=[1, 2]), 8, 5)
     x = torch.randn(3, 8, 5, requires_grad=True)
     grad = reward_gradient(net, x, torch.tensor([0, 3, 9]), create_graph=True)
     assert grad.shape == x.shape
