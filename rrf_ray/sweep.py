@@ -191,8 +191,15 @@ def run_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
         tune.report(previous["metrics"])  # finished in an earlier run: nothing to recompute
         return
     record = {"trial_id": tid, "maze": maze, "goal": goal, "seed": seed, "key": key}
+    metrics = record_trial(paths, tid, record, lambda: _trial_work(spec, paths, maze, goal, seed, out))
+    tune.report(metrics)
+
+
+def record_trial(paths: SweepPaths, tid: str, record: dict, work) -> dict:
+    """metrics = work(), written (or its failure, with traceback) to the trial's result.json and pushed."""
+    out = paths.trial_dir(tid)
     try:
-        metrics = _trial_work(spec, paths, maze, goal, seed, out)
+        metrics = work()
     except Exception as e:
         write_atomic(out / "result.json", json.dumps({**record, "status": "failed", "metrics": None,
                                                       "error": f"{type(e).__name__}: {e}",
@@ -202,7 +209,7 @@ def run_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     write_atomic(out / "result.json", json.dumps({**record, "status": "ok", "error": None, "metrics": metrics},
                                                  indent=1))
     paths.push_trial(tid)
-    tune.report(metrics)
+    return metrics
 
 
 def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: int, out: Path) -> dict:

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import ray
-from tqdm.auto import tqdm
 
 from rrf_ray.image.config import GenerationSpec, SafetySpec
-from rrf_ray.rrf.shards import Manifest, ShardError, shard_is_intact, triples_table, write_shard
+from rrf_ray.rrf.shards import Manifest, ShardError, run_shard_tasks, shard_is_intact, triples_table, write_shard
 
 
 def _plan(n_prompts: int, gen: GenerationSpec) -> list[list[int]]:
@@ -91,30 +90,16 @@ def generate_shards(model: str, prompts: list[str], out_dir, gen: GenerationSpec
         manifest.shards.pop(names[i], None)
     manifest.save(out_dir)
 
-    strategy = "DEFAULT"  # outside any caller's placement group
-    if on_this_node:  # the shard files are local to this node
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     prompts_ref = ray.put(prompts)
-    pending = {}
-    for i in todo:
-        ref = _make_shard.options(num_cpus=gen.cpus_per_task, num_gpus=gen.gpus_per_task if use_gpu else 0,
-                                  scheduling_strategy=strategy).remote(
+
+    def submit(i, strategy):
+        return _make_shard.options(num_cpus=gen.cpus_per_task, num_gpus=gen.gpus_per_task if use_gpu else 0,
+                                   scheduling_strategy=strategy).remote(
             model, prompts_ref, plan[i], gen, safety, seed, str(out_dir / names[i]), use_gpu)
-        pending[ref] = i
+
     rows_of = [2 * gen.steps * gen.images_per_prompt * len(p) for p in plan]
-    bar = tqdm(total=sum(rows_of), initial=sum(rows_of[i] for i in range(len(plan)) if i not in todo),
-               unit="rows", desc=f"latent chains -> {out_dir.name}", disable=not progress, mininterval=1.0)
-    with bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done[0])
-            entry = ray.get(done[0])
-            manifest.shards[names[i]] = {**entry, "split": splits[i]}
-            manifest.save(out_dir)
-            bar.update(entry["rows"])
-    return manifest
+    return run_shard_tasks(submit, todo, manifest, out_dir, names, splits, rows_of, "latent chains", progress,
+                           on_this_node)
 
 
 def _latent_channels(model: str) -> int:

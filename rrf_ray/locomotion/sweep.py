@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,8 @@ from rrf_ray.artifacts import artifact_key
 from rrf_ray.atomic import write_atomic
 from rrf_ray.locomotion.config import LocomotionSweepSpec
 from rrf_ray.storage import SweepStorage
-from rrf_ray.sweep import SweepPaths, _publish_checkpoint, _raise_if_all_failed, _read_result, _train_callbacks, run_stage
+from rrf_ray.sweep import (SweepPaths, _publish_checkpoint, _raise_if_all_failed, _read_result, _train_callbacks,
+                           record_trial, run_stage)
 
 STAGE_MODELS, STAGE_REWARDS, STAGE_ROLLOUTS = "stage2-models", "stage3-rewards", "stage4-rollouts"
 DATASETS_FILE = "datasets.json"
@@ -280,19 +280,7 @@ def run_rollout_trial(config: dict, spec: LocomotionSweepSpec, storage: SweepSto
     if previous and previous.get("status") == "ok" and previous.get("key") == key:
         tune.report(_tune_metrics(previous["metrics"]))
         return
-    record = {**row, "key": key}
-    out = paths.trial_dir(tid)
-    try:
-        metrics = rollout_metrics(spec, paths, row, fingerprints)
-    except Exception as e:
-        write_atomic(out / "result.json", json.dumps({**record, "status": "failed", "metrics": None,
-                                                      "error": f"{type(e).__name__}: {e}",
-                                                      "traceback": traceback.format_exc()}, indent=1))
-        paths.push_trial(tid)
-        raise
-    write_atomic(out / "result.json", json.dumps({**record, "status": "ok", "error": None, "metrics": metrics},
-                                                 indent=1))
-    paths.push_trial(tid)
+    metrics = record_trial(paths, tid, {**row, "key": key}, lambda: rollout_metrics(spec, paths, row, fingerprints))
     tune.report(_tune_metrics(metrics))
 
 

@@ -25,11 +25,11 @@ import cloudpickle
 import numpy as np
 import ray
 import torch
-from tqdm.auto import tqdm
 
 from rrf_ray.config import PregenSpec
 from rrf_ray.diffusion.model import apply_conditioning
-from rrf_ray.rrf.shards import Manifest, ShardError, shard_is_intact, triples_table, write_shard
+from rrf_ray.rrf.shards import (Manifest, ShardError, run_shard_tasks, shard_is_intact, triples_table,
+                                write_shard)
 
 _MODELS: dict[str, object] = {}
 
@@ -212,28 +212,12 @@ def pregenerate(base, expert, out_dir, spec: PregenSpec, seed: int = 0, starts: 
     if dataset_windows is not None:
         windows = np.asarray(dataset_windows, dtype=np.float32)
         windows = windows[rng.integers(len(windows), size=spec.noised_windows)]
-    # "DEFAULT": outside the caller's placement group (a Tune trial's holds just its own process).
-    # on_this_node: the shard files (and the model paths) are local to this node, not shared.
-    strategy = "DEFAULT"
-    if on_this_node:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    pending = {}
-    for i in todo:
+    def submit(i, strategy):
         x0 = None if windows is None else windows[plan[i][0]:plan[i][-1] + 1]
-        ref = _make_shard.options(num_cpus=1, num_gpus=gpus_per_task, scheduling_strategy=strategy).remote(
+        return _make_shard.options(num_cpus=1, num_gpus=gpus_per_task, scheduling_strategy=strategy).remote(
             spec.algorithm, base_ref, expert_ref, str(out_dir / names[i]), plan[i],
             np.random.SeedSequence([int(seed)], spawn_key=(i,)), starts_ref, x0, spec.grad_at, gpus_per_task)
-        pending[ref] = i
-    bar = tqdm(total=sum(rows_of), initial=sum(rows_of[i] for i in range(len(plan)) if i not in todo),
-               unit="rows", desc=f"triples -> {out_dir.name}", disable=not progress, mininterval=1.0)
-    with bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done[0])
-            entry = ray.get(done[0])
-            manifest.shards[names[i]] = {**entry, "split": splits[i]}
-            manifest.save(out_dir)
-            bar.update(entry["rows"])
-    return manifest
+
+    return run_shard_tasks(submit, todo, manifest, out_dir, names, splits, rows_of, "triples", progress,
+                           on_this_node)

@@ -153,3 +153,33 @@ def verify_shards(directory) -> Manifest:
         if meta.num_rows != entry["rows"]:
             raise ShardError(f"shard {path} has {meta.num_rows} rows, the manifest says {entry['rows']}")
     return manifest
+
+
+def run_shard_tasks(submit, todo: list[int], manifest: Manifest, out_dir, names: list[str], splits: list[str],
+                    rows_of: list[int], desc: str, progress: bool = True, on_this_node: bool = False) -> Manifest:
+    """Run one Ray task per missing shard and record each in the manifest as it lands.
+
+    submit(i, scheduling_strategy) -> ObjectRef of shard i's `write_shard` entry. Tasks run
+    outside the caller's placement group ("DEFAULT": a Tune trial's holds just its own process),
+    or on this node when the shard files are local to it rather than shared.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    strategy = "DEFAULT"
+    if on_this_node:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    pending = {submit(i, strategy): i for i in todo}
+    bar = tqdm(total=sum(rows_of), initial=sum(rows_of[i] for i in range(len(names)) if i not in todo),
+               unit="rows", desc=f"{desc} -> {Path(out_dir).name}", disable=not progress, mininterval=1.0)
+    with bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done[0])
+            entry = ray.get(done[0])
+            manifest.shards[names[i]] = {**entry, "split": splits[i]}
+            manifest.save(out_dir)
+            bar.update(entry["rows"])
+    return manifest
