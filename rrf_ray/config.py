@@ -153,7 +153,8 @@ class PregenSpec(Strict):
     algorithm: Literal["pregenerate", "dataset_noising"] = "pregenerate"
     chains_per_kind: int = Field(512, gt=0, description="Algorithm 2: chains following each model")
     chains_per_shard: int = Field(64, gt=0)
-    noised_windows: int = Field(100_000, gt=0, description="Algorithm 1: triples to make")
+    noised_windows: int = Field(100_000, gt=0, description="Algorithm 1: triples to make (windows drawn "
+                                "from up to this many of each noising source's training windows)")
     noised_per_shard: int = Field(10_000, gt=0)
     noising_source: Literal["base", "expert", "mixed"] = "base"
     grad_at: Literal["x_t", "base_mean"] = Field(

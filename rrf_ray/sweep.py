@@ -397,13 +397,15 @@ def dry_run(spec: SweepSpec) -> str:
     n_bases = len(spec.mazes) * (len(spec.seeds) if spec.base_per_seed else 1)
     n_datasets = sum(len(dataset_ids(spec, m)) for m in spec.mazes)
     r = spec.resources
+    expert_steps = spec.expert.diffusion(spec.diffusion).train_steps
+    expert = f"expert diffuser ({expert_steps:,} steps" + (", fine-tuning the base)" if spec.expert.init == "base" else ")")
     per_run = f"{r.num_workers} worker(s) x {r.cpus_per_worker} CPU" + (f" + {r.gpus_per_worker} GPU" if r.use_gpu else "")
     lines = [
         f"sweep {spec.name}: {len(spec.mazes)} mazes, {len(trials)} trials",
         f"stage 1 datasets: {n_datasets} Minari datasets "
         f"({spec.data.base_transitions:,} base / {spec.data.expert_transitions:,} expert transitions each)",
         f"stage 2 base diffusers: {n_bases} Ray Train runs of {spec.diffusion.train_steps:,} steps ({per_run})",
-        f"stage 3 trials: {len(trials)}, each: expert diffuser ({spec.diffusion.train_steps:,} steps), "
+        f"stage 3 trials: {len(trials)}, each: {expert}, "
         f"{spec.pregen.algorithm} triples, reward ({spec.reward.train_steps:,} steps), held-out evaluation; "
         f"max concurrent: {r.max_concurrent_trials or 'unlimited'}; retries: {r.max_failures}",
         "stage 4 report: report.md, results.csv, figures/",
@@ -411,7 +413,7 @@ def dry_run(spec: SweepSpec) -> str:
         f"{'trial':<24} {'maze':<8} {'goal':>4} {'seed':>4}",
     ]
     lines += [f"{t['trial_id']:<24} {t['maze']:<8} {t['goal']:>4} {t['seed']:>4}" for t in trials]
-    diffuser_samples = (n_bases + len(trials)) * spec.diffusion.train_steps * spec.diffusion.batch_size
+    diffuser_samples = (n_bases * spec.diffusion.train_steps + len(trials) * expert_steps) * spec.diffusion.batch_size
     reward_samples = len(trials) * spec.reward.train_steps * spec.reward.batch_size
     hours = (diffuser_samples / spec.estimate.diffuser_samples_per_s
              + reward_samples / spec.estimate.reward_samples_per_s) / 3600

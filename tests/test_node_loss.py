@@ -46,7 +46,8 @@ def test_trial_on_a_removed_node_is_retried_and_completes(tmp_path):
     log = tmp_path / "sweep.log"
     root = tmp_path / "maze2d-tiny"
     proc = subprocess.Popen([sys.executable, "-m", "rrf_ray.sweep", "maze2d-tiny", "--storage", str(tmp_path),
-                             "--address", cluster.address, "--set", "goals=[3]"],
+                             "--address", cluster.address, "--set", "goals=[3]",
+                             "--set", "pregen.algorithm=pregenerate"],  # Algorithm 2 (the others run 1)
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         removed = None
