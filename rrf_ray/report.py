@@ -256,6 +256,7 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         "heatmap's peak lies within 0.75 maze units of the goal; discriminability scored on a "
         "held-out half.",
         "",
+        *recipe_lines(sweep_dir),
         "## Paper vs ours",
         "",
         "| metric | paper | ours |",
@@ -309,6 +310,30 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         lines.append("None.")
     lines += ["", "Full per-trial numbers and errors: [results.csv](results.csv).", ""]
     return "\n".join(lines)
+
+
+def recipe_lines(sweep_dir: Path) -> list[str]:
+    """What produced these numbers, read from the sweep's spec.json (none without one): the
+    profiles differ from the paper in exactly these settings, so the report says which."""
+    try:
+        spec = json.loads((sweep_dir / "spec.json").read_text())
+        pregen, expert, windows, reward = spec["pregen"], spec["expert"], spec["windows"], spec["reward"]
+        diffusion, horizon = spec["diffusion"], spec["evaluation"].get("horizon")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return []
+    if pregen["algorithm"] == "dataset_noising":
+        triples = (f"Algorithm 1: {pregen['noised_windows']:,} noised {pregen['noising_source']} dataset windows, "
+                   f"grad rho at {pregen['grad_at']}")
+    else:
+        triples = f"Algorithm 2: {pregen['chains_per_kind']:,} pre-generated chains per model"
+    steps = expert.get("train_steps") or diffusion["train_steps"]
+    experts = f"fine-tuned from the base for {steps:,} steps" if expert.get("init") == "base" \
+        else f"trained from scratch for {steps:,} steps"
+    scored = f"{horizon} rows long" if horizon else "whole"
+    return [f"Recipe (spec.json): windows of {windows['horizon']} rows, one every {windows['stride']} steps; "
+            f"diffusers T = {diffusion['n_timesteps']}, base {diffusion['train_steps']:,} steps, experts {experts}; "
+            f"triples by {triples}; reward {reward['kind']} {reward['hidden']}, {reward['train_steps']:,} steps; "
+            f"held-out windows scored {scored}.", ""]
 
 
 def _one_line(error: str | None, limit: int = 300) -> str:

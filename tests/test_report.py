@@ -138,3 +138,19 @@ def test_report_rerenders_and_cli(sweep, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rrf_ray.report", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "trials.json" in proc.stderr
+
+
+def test_report_names_the_recipe_from_spec_json(sweep):
+    """The profiles differ from the paper in how triples and experts are made; the report says how."""
+    from rrf_ray.config import load_spec
+
+    sweep_dir, *_ = sweep
+    assert "Recipe" not in (sweep_dir / "report.md").read_text()  # no spec.json: nothing claimed
+    (sweep_dir / "spec.json").write_text(load_spec("maze2d-smoke").model_dump_json())
+    text = write_report(sweep_dir).read_text()
+    assert "triples by Algorithm 1: 20,000 noised mixed dataset windows, grad rho at base_mean" in text
+    assert "experts fine-tuned from the base for 600 steps" in text
+    (sweep_dir / "spec.json").write_text(load_spec("maze2d").model_dump_json())
+    text = write_report(sweep_dir).read_text()
+    assert "triples by Algorithm 2: 512 pre-generated chains per model" in text
+    assert "experts trained from scratch for 500,000 steps" in text
