@@ -113,6 +113,12 @@ class ExpertSpec(Strict):
             changes["checkpoint_every"] = min(base.checkpoint_every, self.train_steps)
         return base.model_copy(update=changes)
 
+    def describe(self, base: "DiffusionSpec") -> str:
+        """How the experts are trained, in words (for --dry-run and the report)."""
+        steps = self.diffusion(base).train_steps
+        return (f"fine-tuned from the base for {steps:,} steps" if self.init == "base"
+                else f"trained from scratch for {steps:,} steps")
+
 
 class GuidanceSpec(Strict):
     """Classifier guidance by a reward rho (SPEC section 5): x <- x + scale * grad rho(x, t)."""
@@ -160,6 +166,13 @@ class PregenSpec(Strict):
     grad_at: Literal["x_t", "base_mean"] = Field(
         "x_t", description="Algorithm 1: where grad rho is taken (the authors' Maze2D code: base_mean)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of shards held out for validation")
+
+    def describe(self) -> str:
+        """Where the triples come from, in words (for --dry-run and the report)."""
+        if self.algorithm == "dataset_noising":
+            return (f"Algorithm 1: {self.noised_windows:,} noised {self.noising_source} dataset windows, "
+                    f"grad rho at {self.grad_at}")
+        return f"Algorithm 2: {self.chains_per_kind:,} pre-generated chains per model"
 
 
 class ResourceSpec(Strict):

@@ -313,26 +313,21 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
 
 
 def recipe_lines(sweep_dir: Path) -> list[str]:
-    """What produced these numbers, read from the sweep's spec.json (none without one): the
-    profiles differ from the paper in exactly these settings, so the report says which."""
+    """What produced these numbers, read from the sweep's spec.json (none without a Maze2D one):
+    the profiles differ from the paper in exactly these settings, so the report says which."""
+    from pydantic import ValidationError
+
+    from rrf_ray.config import SweepSpec
+
     try:
-        spec = json.loads((sweep_dir / "spec.json").read_text())
-        pregen, expert, windows, reward = spec["pregen"], spec["expert"], spec["windows"], spec["reward"]
-        diffusion, horizon = spec["diffusion"], spec["evaluation"].get("horizon")
-    except (OSError, ValueError, KeyError, AttributeError):
+        spec = SweepSpec.model_validate_json((sweep_dir / "spec.json").read_text())
+    except (OSError, ValidationError):
         return []
-    if pregen["algorithm"] == "dataset_noising":
-        triples = (f"Algorithm 1: {pregen['noised_windows']:,} noised {pregen['noising_source']} dataset windows, "
-                   f"grad rho at {pregen['grad_at']}")
-    else:
-        triples = f"Algorithm 2: {pregen['chains_per_kind']:,} pre-generated chains per model"
-    steps = expert.get("train_steps") or diffusion["train_steps"]
-    experts = f"fine-tuned from the base for {steps:,} steps" if expert.get("init") == "base" \
-        else f"trained from scratch for {steps:,} steps"
+    w, d, r, horizon = spec.windows, spec.diffusion, spec.reward, spec.evaluation.horizon
     scored = f"{horizon} rows long" if horizon else "whole"
-    return [f"Recipe (spec.json): windows of {windows['horizon']} rows, one every {windows['stride']} steps; "
-            f"diffusers T = {diffusion['n_timesteps']}, base {diffusion['train_steps']:,} steps, experts {experts}; "
-            f"triples by {triples}; reward {reward['kind']} {reward['hidden']}, {reward['train_steps']:,} steps; "
+    return [f"Recipe (spec.json): windows of {w.horizon} rows, one every {w.stride} steps; "
+            f"diffusers T = {d.n_timesteps}, base {d.train_steps:,} steps, experts {spec.expert.describe(d)}; "
+            f"triples by {spec.pregen.describe()}; reward {r.kind} {r.hidden}, {r.train_steps:,} steps; "
             f"held-out windows scored {scored}.", ""]
 
 

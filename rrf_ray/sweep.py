@@ -247,7 +247,7 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
         action_dim = base_train.action_dim
         noised = None
         if spec.pregen.algorithm == "dataset_noising":
-            noised = _noising_windows(spec, paths, maze, goal, normalizer, rng)
+            noised = _noising_windows(spec, paths, maze, goal, normalizer, rng, base_train)
         gpus = spec.resources.pregen_gpus_per_task if spec.resources.use_gpu else 0.0
         pregenerate(base_dir, store.path("diffusers", ekey), shard_dir, spec.pregen, seed=seed,
                     starts=starts[:, 0, action_dim:], dataset_windows=noised, gpus_per_task=gpus,
@@ -291,11 +291,12 @@ class PhaseTimer:
         return dict(self.seconds)
 
 
-def _noising_windows(spec, paths, maze, goal, normalizer, rng) -> np.ndarray:
+def _noising_windows(spec, paths, maze, goal, normalizer, rng, base_train) -> np.ndarray:
+    """Algorithm 1's x0 windows; `base_train` is the base's training windows, already loaded."""
     sources = {"base": [None], "expert": [goal], "mixed": [None, goal]}[spec.pregen.noising_source]
     parts = []
     for g in sources:
-        w = windows(spec, paths, maze, g, "train", normalizer)
+        w = base_train if g is None else windows(spec, paths, maze, g, "train", normalizer)
         parts.append(w.batch(rng.integers(len(w), size=min(len(w), spec.pregen.noised_windows))))
     return np.concatenate(parts)
 
@@ -398,15 +399,14 @@ def dry_run(spec: SweepSpec) -> str:
     n_datasets = sum(len(dataset_ids(spec, m)) for m in spec.mazes)
     r = spec.resources
     expert_steps = spec.expert.diffusion(spec.diffusion).train_steps
-    expert = f"expert diffuser ({expert_steps:,} steps" + (", fine-tuning the base)" if spec.expert.init == "base" else ")")
     per_run = f"{r.num_workers} worker(s) x {r.cpus_per_worker} CPU" + (f" + {r.gpus_per_worker} GPU" if r.use_gpu else "")
     lines = [
         f"sweep {spec.name}: {len(spec.mazes)} mazes, {len(trials)} trials",
         f"stage 1 datasets: {n_datasets} Minari datasets "
         f"({spec.data.base_transitions:,} base / {spec.data.expert_transitions:,} expert transitions each)",
         f"stage 2 base diffusers: {n_bases} Ray Train runs of {spec.diffusion.train_steps:,} steps ({per_run})",
-        f"stage 3 trials: {len(trials)}, each: {expert}, "
-        f"{spec.pregen.algorithm} triples, reward ({spec.reward.train_steps:,} steps), held-out evaluation; "
+        f"stage 3 trials: {len(trials)}, each: expert diffuser ({spec.expert.describe(spec.diffusion)}), "
+        f"triples by {spec.pregen.describe()}, reward ({spec.reward.train_steps:,} steps), held-out evaluation; "
         f"max concurrent: {r.max_concurrent_trials or 'unlimited'}; retries: {r.max_failures}",
         "stage 4 report: report.md, results.csv, figures/",
         "",
