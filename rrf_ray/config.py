@@ -15,7 +15,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from rrf_ray.mazes import DEFAULT_GOALS, DEFAULT_LAYOUTS, Maze, MazeError
+from rrf_ray.mazes import DEFAULT_GOALS, DEFAULT_LAYOUTS, Maze, MazeError, random_goals
 
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
 
@@ -28,11 +28,43 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RandomGoals(Strict):
+    """Goals drawn uniformly inside free cells: a recipe judged on goals nobody tuned it for."""
+
+    random: int = Field(gt=0, description="how many goals")
+    seed: int = 0
+    margin: float = Field(0.1, ge=0.0, lt=0.5, description="distance kept from cell edges")
+
+
 class MazeSpec(Strict):
-    """A maze as data: rows of '#' (wall) and 'O' (free), goals as (row, col) maze units."""
+    """A maze as data: rows of '#' (wall) and 'O' (free), goals as (row, col) maze units.
+
+    `goals` may also be `{random: N, seed: S}`: N goals drawn reproducibly inside free cells.
+    The drawn list replaces it (so spec.json, the trials and the report name real positions)
+    and `random_goals` records how it was drawn.
+    """
 
     layout: list[str]
     goals: list[tuple[float, float]] = Field(min_length=1)
+    random_goals: RandomGoals | None = Field(None, description="set when goals were drawn (see goals)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _draw_random_goals(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or not isinstance(raw.get("goals"), dict):
+            return raw
+        recipe = RandomGoals.model_validate(raw["goals"])
+        if raw.get("random_goals") not in (None, recipe.model_dump(), raw["goals"]):
+            raise ValueError("goals is {random: ...} but random_goals says another draw")
+        layout = raw.get("layout")
+        if not isinstance(layout, list) or not layout:
+            raise ValueError("random goals need the maze's layout")
+        try:
+            Maze("random-goals", tuple(layout), ())  # a bad layout: a clear error before drawing
+        except MazeError as e:
+            raise ValueError(str(e)) from None
+        return {**raw, "goals": random_goals(layout, recipe.random, recipe.seed, recipe.margin),
+                "random_goals": recipe.model_dump()}
 
 
 class DataSpec(Strict):
@@ -147,6 +179,11 @@ class RewardSpec(Strict):
     checkpoint_every: int = Field(10_000, gt=0)
     log_every: int = Field(500, gt=0)
     val_batches: int = Field(20, gt=0, description="held-out batches per validation")
+    memory_cache_mb: float = Field(
+        1024, ge=0, description="training triples that fit in this many MB are streamed from their Parquet shards "
+        "through Ray Data once, then kept in the trainer's memory for later epochs (reshuffled each epoch): a "
+        "Ray Data execution per epoch costs about a second, many epochs of a small set cost more than the "
+        "training. 0: stream every epoch")
 
 
 class PregenSpec(Strict):
@@ -179,14 +216,29 @@ class ResourceSpec(Strict):
     """Ray resources per stage."""
 
     num_workers: int = Field(1, gt=0, description="Ray Train workers per training run")
+    local_mode: bool = Field(
+        True, description="a 1-worker CPU training run runs in its caller's process (no TrainController or "
+        "worker actor, which on a small machine cost as much CPU as the training; see checkpoints.LocalRun); "
+        "several workers or a GPU always get real Ray Train workers")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
     gpus_per_worker: float = Field(1.0, ge=0.0)
     max_concurrent_trials: int | None = Field(None, gt=0)
-    trial_cpus: float = Field(0.1, gt=0.0, description="CPUs held by a trial's own process (its Train runs ask for theirs)")
+    trial_cpus: float = Field(0.1, gt=0.0, description="CPUs held by a trial's own process (its Train runs ask for "
+                              "theirs; a local-mode run trains in it and holds cpus_per_worker)")
     pregen_gpus_per_task: float = Field(0.25, ge=0.0, description="GPU fraction per pre-generation task when use_gpu")
     max_failures: int = Field(2, ge=0, description="retries of a failed trial")
     num_cpus: int | None = Field(None, gt=0, description="logical CPUs of a local Ray (default: cores + 1, headroom for Ray Data)")
+
+    @property
+    def trains_locally(self) -> bool:
+        """Training runs run in their caller's process: one CPU worker, and `local_mode`."""
+        return self.local_mode and self.num_workers == 1 and not self.use_gpu
+
+    @property
+    def trial_process_cpus(self) -> float:
+        """CPUs a trial's own process holds: its local-mode training runs in it."""
+        return max(self.trial_cpus, self.cpus_per_worker) if self.trains_locally else self.trial_cpus
 
 
 class EvaluationSpec(Strict):

@@ -8,6 +8,7 @@ x = (c + 0.5) - W/2, y = H/2 - (r + 0.5) for a W-column, H-row map.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -90,6 +91,12 @@ class Maze:
     def free_cells(self) -> list[tuple[int, int]]:
         return [(r, c) for r in range(self.height) for c in range(self.width) if self.layout[r][c] == FREE]
 
+    def sample_rowcol(self, rng: np.random.Generator, margin: float = 0.1) -> tuple[float, float]:
+        """Uniform over the free area: a free cell at random, then uniform inside it, `margin` from its edges."""
+        r, c = self.free_cells[rng.integers(len(self.free_cells))]
+        offset = rng.uniform(-(0.5 - margin), 0.5 - margin, size=2)
+        return float(r + offset[0]), float(c + offset[1])
+
     @property
     def maze_map(self) -> list[list[int]]:
         """gymnasium-robotics' map: 1 = wall, 0 = free."""
@@ -130,13 +137,10 @@ class Maze:
         return math.floor(row + 0.5), math.floor(col + 0.5)
 
 
-def resolve_maze(name: str, layout: list[str] | None = None, goals=None) -> Maze:
-    """A maze from explicit data, falling back to the built-in table for known names."""
-    if layout is None and goals is None:
-        return Maze.default(name)
-    if layout is None or goals is None:
-        if name not in DEFAULT_LAYOUTS:
-            raise MazeError(f"maze {name!r} is not built in: give both its layout and goals")
-        layout = layout if layout is not None else DEFAULT_LAYOUTS[name]
-        goals = goals if goals is not None else DEFAULT_GOALS[name]
-    return Maze(name, tuple(layout), tuple(tuple(float(v) for v in g) for g in goals))
+def random_goals(layout, n: int, seed: int, margin: float = 0.1) -> list[tuple[float, float]]:
+    """`n` goals drawn uniformly inside the free cells of `layout`, reproducibly from `seed`
+    (rounded to 1e-3 maze units, so the spec that records them reads the same back). The layout
+    is part of the seed, so two mazes drawn with one seed get independent goals."""
+    maze = Maze("random-goals", tuple(layout), ())
+    rng = np.random.default_rng([seed, n, zlib.crc32("/".join(layout).encode())])
+    return [(round(r, 3), round(c, 3)) for r, c in (maze.sample_rowcol(rng, margin) for _ in range(n))]

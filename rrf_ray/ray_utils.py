@@ -11,7 +11,9 @@ from pathlib import Path
 import ray
 import ray.train
 
+from rrf_ray.checkpoints import LocalRun
 from rrf_ray.config import ResourceSpec
+from rrf_ray.storage import join_uri
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool | None = None,
@@ -58,7 +60,11 @@ def quiet_ray_data() -> None:
 
 
 def quiet_train_worker_logs() -> None:
-    """Silence Train V2's per-report INFO line ("Reporting training result ..."); keep warnings."""
+    """Silence Train V2's per-report INFO lines ("Reporting training result ...", local mode's
+    "Reported metrics ..." and "Running in local mode ..."); keep warnings. Our step lines say it."""
+    for name in ("ray.train.v2._internal.execution.train_fn_utils", "ray.train.v2.api.config",
+                 "ray.train.torch.train_loop_utils", "ray.train.v2.torch.train_loop_utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         from ray.train.v2._internal.execution import context
     except ImportError:  # a Ray without Train V2 internals: nothing to quiet
@@ -84,20 +90,68 @@ def train_run_config(name: str, storage_path, max_failures: int = 0, callbacks=N
     )
 
 
+def fit_training_run(loop, job, resources: ResourceSpec, storage_path, name: str, max_failures: int = 0,
+                     callbacks=None, datasets: dict | None = None, dataset_config=None) -> ray.train.Result:
+    """Run `loop({"job": job})` as the training run `name` under `storage_path`; returns its Result.
+
+    On real Ray Train workers (several, or a GPU) Ray Train stores checkpoints and `callbacks`
+    forward reports to Tune. A 1-worker CPU run (`resources.trains_locally`) calls the loop in
+    this process instead, with `job.local_run` as its run (see LocalRun): no TrainController
+    or worker actor, checkpoints under the same storage path and name (so a rebuilt run
+    resumes either way), reports forwarded to Tune when `callbacks` were asked for.
+    `job` is a dataclass with a `local_run` field.
+    """
+    import dataclasses
+
+    import torch
+
+    if not resources.trains_locally:
+        from ray.train.torch import TorchTrainer
+
+        trainer = TorchTrainer(loop, train_loop_config={"job": job}, scaling_config=scaling_config(resources),
+                               run_config=train_run_config(name, storage_path, max_failures, callbacks),
+                               datasets=datasets, dataset_config=dataset_config)
+        return trainer.fit()
+    run = LocalRun(join_uri(storage_uri(storage_path), name), to_tune=callbacks is not None, datasets=datasets)
+    threads = torch.get_num_threads()  # the loop sets its own in this process; give the caller's back
+    try:
+        loop({"job": dataclasses.replace(job, local_run=run)})
+    finally:
+        torch.set_num_threads(threads)
+    return ray.train.Result(metrics=run.last_metrics, checkpoint=run.checkpoint(), path=run.uri, error=None)
+
+
 def storage_uri(storage) -> str:
     """Ray wants absolute local paths; URIs (s3://, gs://) pass through."""
     storage = str(storage)
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
-def train_worker_setup(threads: int):
-    """Inside a Ray Train worker: (rank, world size, device), quiet logs, torch threads on CPU."""
+def train_worker_setup(threads: int, local_run: LocalRun | None = None):
+    """Inside a Ray Train worker, or a local run: (rank, world size, device), quiet logs, torch threads on CPU."""
     import ray.train.torch
     import torch
 
+    if local_run is not None:
+        torch.set_num_threads(max(1, threads))
+        return 0, 1, torch.device("cpu")
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     quiet_train_worker_logs()
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads))
     return ctx.get_world_rank(), ctx.get_world_size(), device
+
+
+def prepare_model(model, local_run: LocalRun | None = None):
+    """`ray.train.torch.prepare_model` (device, DDP) on workers; a local run's model stays as it is, on the CPU."""
+    if local_run is not None:
+        return model
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(model)
+
+
+def dataset_shard(name: str, local_run: LocalRun | None = None):
+    """This worker's shard of the run's dataset `name` (a local run iterates the whole dataset)."""
+    return local_run.datasets[name] if local_run is not None else ray.train.get_dataset_shard(name)

@@ -39,7 +39,8 @@ TRIALS_FILE, RESULT_FILE, HEATMAP_FILE = "trials.json", "result.json", "heatmap.
 METRIC_FIELDS = ["goal_recovered", "goal_distance", "peak_x", "peak_y", "accuracy", "roc_auc", "erc",
                  "n_base_windows", "n_expert_windows"]
 PHASE_FIELDS = ["expert_s", "pregen_s", "reward_s", "eval_s"]  # wall-clock seconds per trial phase
-CSV_FIELDS = ["trial_id", "maze", "goal", "seed", "status", "error"] + METRIC_FIELDS + PHASE_FIELDS
+CSV_FIELDS = (["trial_id", "maze", "goal", "goal_row", "goal_col", "seed", "status", "error"] + METRIC_FIELDS
+              + PHASE_FIELDS)
 GROUPS = {"open+umaze": ("open", "umaze"), "medium+large": ("medium", "large")}
 
 # The paper's Maze2D numbers (SPEC section 4).
@@ -113,8 +114,11 @@ def _with_result(sweep_dir: Path, trial: Trial) -> Trial:
     return trial
 
 
-def maze_of(trial: Trial) -> Maze | None:
-    """The trial's maze: from its entry's layout/goals, else the built-in table, else unknown."""
+def maze_of(trial: Trial, spec_mazes: dict[str, Maze] | None = None) -> Maze | None:
+    """The trial's maze: the sweep spec's (its goals as run, moved or drawn), else its entry's
+    layout/goals, else the built-in table, else unknown."""
+    if spec_mazes and trial.maze in spec_mazes:
+        return spec_mazes[trial.maze]
     entry = trial.entry
     try:
         if entry.get("layout") is not None and entry.get("goals") is not None:
@@ -124,6 +128,23 @@ def maze_of(trial: Trial) -> Maze | None:
     except (MazeError, TypeError, ValueError):
         return None
     return None
+
+
+def read_sweep_spec(sweep_dir: Path):
+    """The Maze2D SweepSpec in the sweep's spec.json, or None (no file, or another experiment's)."""
+    from pydantic import ValidationError
+
+    from rrf_ray.config import SweepSpec
+
+    try:
+        return SweepSpec.model_validate_json((Path(sweep_dir) / "spec.json").read_text())
+    except (OSError, ValidationError):
+        return None
+
+
+def spec_mazes(sweep_dir: Path) -> dict[str, Maze]:
+    spec = read_sweep_spec(sweep_dir)
+    return {name: spec.maze(name) for name in spec.mazes} if spec is not None else {}
 
 
 # -- numbers ------------------------------------------------------------------------
@@ -174,27 +195,36 @@ def _safe_name(name: str) -> str:
 
 # -- writing ------------------------------------------------------------------------
 
-def write_results_csv(trials: list[Trial], path: Path) -> Path:
+def write_results_csv(trials: list[Trial], path: Path, mazes: dict[str, Maze] | None = None) -> Path:
+    """One row per expected trial, with its goal's position as run (maze units)."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for t in trials:
-        row = {"trial_id": t.trial_id, "maze": t.maze, "goal": t.goal, "seed": t.seed, "status": t.status,
-               "error": t.error or ""}
+        goal_rc = _goal_rowcol(maze_of(t, mazes), t.goal)
+        row = {"trial_id": t.trial_id, "maze": t.maze, "goal": t.goal, "goal_row": goal_rc[0], "goal_col": goal_rc[1],
+               "seed": t.seed, "status": t.status, "error": t.error or ""}
         for f in METRIC_FIELDS + PHASE_FIELDS:
             row[f] = "" if t.metrics is None or t.metrics.get(f) is None else t.metrics[f]
         writer.writerow(row)
     return write_atomic(path, buf.getvalue())
 
 
-def write_maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], path: Path) -> Path:
-    """Heatmaps of one maze: goals as rows, seeds as columns; failed/missing panels labelled."""
+def write_maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], path: Path,
+                      maze: Maze | None = None) -> Path:
+    """figures/MAZE.png: see maze_figure."""
+    return save_figure_atomic(maze_figure(sweep_dir, maze_name, trials, maze), path, dpi=80)
+
+
+def maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], maze: Maze | None = None):
+    """Heatmaps of one maze (`maze`: its layout and goals as run, else looked up from the trial):
+    goals as rows, seeds as columns; failed/missing panels labelled."""
     from matplotlib.figure import Figure
 
     goals = sorted({t.goal for t in trials})
     seeds = sorted({t.seed for t in trials})
     by_key = {(t.goal, t.seed): t for t in trials}
-    maze = maze_of(trials[0])
+    maze = maze if maze is not None else maze_of(trials[0])
     aspect = maze.height / maze.width if maze is not None else 1.0
     panel_w = 3.2
     fig = Figure(figsize=(panel_w * len(seeds), (panel_w * aspect + 0.6) * len(goals)), layout="constrained")
@@ -226,7 +256,14 @@ def write_maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], path
                 ax.set_xticks([])
                 ax.set_yticks([])
     fig.suptitle(f"{maze_name}: learned reward heatmaps (green star = goal, white x = peak)")
-    return save_figure_atomic(fig, path, dpi=80)
+    return fig
+
+
+def _goal_rowcol(maze: Maze | None, goal: int) -> tuple:
+    try:
+        return maze.goal(goal) if maze is not None else ("", "")
+    except MazeError:
+        return ("", "")
 
 
 def _goal_xy(maze: Maze | None, goal: int):
@@ -238,7 +275,8 @@ def _goal_xy(maze: Maze | None, goal: int):
         return None
 
 
-def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Path) -> str:
+def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Path,
+                    mazes: dict[str, Maze] | None = None) -> str:
     done = [t for t in trials if t.ok]
     failed = [t for t in trials if t.status == "failed"]
     missing = [t for t in trials if t.status == "missing"]
@@ -290,6 +328,7 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
             f"| {_pct(_mean(_metric(ts, 'accuracy')))} | {_num(_mean(_metric(ts, 'roc_auc')))} "
             f"| {_num(_mean(_metric(ts, 'erc')))} |"
         )
+    lines += per_goal_lines(trials, mazes or {}, read_sweep_spec(sweep_dir))
     lines += ["", "## Heatmaps", "",
               "Rows are goals, columns seeds; green star = true goal, white x = learned peak.", ""]
     for name, rel in figures.items():
@@ -312,16 +351,36 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
     return "\n".join(lines)
 
 
+def per_goal_lines(trials: list[Trial], mazes: dict[str, Maze], spec) -> list[str]:
+    """Every trial's goal position (as run: moved or drawn goals included), verdict and peak distance."""
+    lines = ["", "## Per goal", ""]
+    if spec is not None:
+        for name, m in spec.mazes.items():
+            if m.random_goals is not None:
+                r = m.random_goals
+                lines.append(f"Goals of {name} drawn uniformly inside free cells: {r.random} with seed {r.seed} "
+                             f"(margin {r.margin}).")
+        if lines[-1]:
+            lines.append("")
+    lines += ["| trial | goal (row, col) | recovered | peak distance | accuracy | ERC |", "|---|---|---|---|---|---|"]
+    for t in trials:
+        rc = _goal_rowcol(maze_of(t, mazes), t.goal)
+        where = f"({rc[0]:g}, {rc[1]:g})" if rc[0] != "" else NOT_REPORTED
+        if not t.ok:
+            lines.append(f"| {t.trial_id} | {where} | {t.status} | {NOT_REPORTED} | {NOT_REPORTED} | {NOT_REPORTED} |")
+            continue
+        m = t.metrics
+        lines.append(f"| {t.trial_id} | {where} | {'yes' if m.get('goal_recovered') else 'no'} "
+                     f"| {_num(float(m.get('goal_distance', math.nan)), 2)} | {_pct(float(m.get('accuracy', math.nan)))} "
+                     f"| {_num(float(m.get('erc', math.nan)))} |")
+    return lines
+
+
 def recipe_lines(sweep_dir: Path) -> list[str]:
     """What produced these numbers, read from the sweep's spec.json (none without a Maze2D one):
     the profiles differ from the paper in exactly these settings, so the report says which."""
-    from pydantic import ValidationError
-
-    from rrf_ray.config import SweepSpec
-
-    try:
-        spec = SweepSpec.model_validate_json((sweep_dir / "spec.json").read_text())
-    except (OSError, ValidationError):
+    spec = read_sweep_spec(sweep_dir)
+    if spec is None:
         return []
     w, d, r, horizon = spec.windows, spec.diffusion, spec.reward, spec.evaluation.horizon
     scored = f"{horizon} rows long" if horizon else "whole"
@@ -345,13 +404,15 @@ def write_report(sweep_dir) -> Path:
     """Write report.md, results.csv and figures/<maze>.png into `sweep_dir`; returns report.md's path."""
     sweep_dir = Path(sweep_dir)
     trials = load_trials(sweep_dir)
-    write_results_csv(trials, sweep_dir / "results.csv")
+    mazes = spec_mazes(sweep_dir)
+    write_results_csv(trials, sweep_dir / "results.csv", mazes)
     figures = {}
     for name in _maze_order(trials):
         rel = f"figures/{_safe_name(name)}.png"
-        write_maze_figure(sweep_dir, name, [t for t in trials if t.maze == name], sweep_dir / rel)
+        ts = [t for t in trials if t.maze == name]
+        write_maze_figure(sweep_dir, name, ts, sweep_dir / rel, maze_of(ts[0], mazes))
         figures[name] = rel
-    return write_atomic(sweep_dir / "report.md", render_markdown(trials, figures, sweep_dir))
+    return write_atomic(sweep_dir / "report.md", render_markdown(trials, figures, sweep_dir, mazes))
 
 
 def main(argv=None) -> int:

@@ -147,13 +147,13 @@ def windows(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int | None, spl
 
 # -- stage 2 and 3 trainables (run as Tune trials) --------------------------------------
 
-def _train_callbacks():
+def tune_report_callbacks():
     from ray.tune.integration.ray_train import TuneReportCallback
 
     return [TuneReportCallback()]
 
 
-def _publish_checkpoint(store: ArtifactStore, kind: str, key: str, result) -> Path:
+def publish_checkpoint(store: ArtifactStore, kind: str, key: str, result) -> Path:
     with result.checkpoint.as_directory() as d:
         return store.publish(kind, key, d)
 
@@ -169,8 +169,8 @@ def train_base(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     if not paths.artifacts.is_done("diffusers", key):
         data = windows(spec, paths, maze, None, "train")
         result = train_diffuser(data, spec.diffusion, spec.resources, paths.train, f"base-{maze}-{key}",
-                                seed=seed, callbacks=_train_callbacks())
-        _publish_checkpoint(paths.artifacts, "diffusers", key, result)
+                                seed=seed, callbacks=tune_report_callbacks())
+        publish_checkpoint(paths.artifacts, "diffusers", key, result)
     tune.report({"done": 1, "artifact": key})
 
 
@@ -186,7 +186,7 @@ def run_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     tid = trial_id(maze, goal, seed)
     out = paths.trial_dir(tid)
     key = result_key(spec, maze, goal, seed)
-    previous = _read_result(storage, tid)
+    previous = read_trial_result(storage, tid)
     if previous and previous.get("status") == "ok" and previous.get("key") == key:
         tune.report(previous["metrics"])  # finished in an earlier run: nothing to recompute
         return
@@ -234,8 +234,8 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
         init = base_dir if spec.expert.init == "base" else None
         result = train_diffuser(data, spec.expert.diffusion(spec.diffusion), spec.resources, paths.train,
                                 f"expert-{maze}-g{goal}-{ekey}", seed=seed, init_from=init,
-                                callbacks=_train_callbacks())
-        _publish_checkpoint(store, "diffusers", ekey, result)
+                                callbacks=tune_report_callbacks())
+        publish_checkpoint(store, "diffusers", ekey, result)
 
     skey = shards_key(spec, maze, goal, seed)
     shard_dir = store.path("shards", skey)
@@ -260,9 +260,9 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
         storage = paths.storage
         remote = (storage.fs, storage.remote_path(f"artifacts/shards/{skey}")) if storage.is_remote else None
         result = train_reward(shard_dir, spec.reward, spec.resources, paths.train, f"reward-{maze}-g{goal}-{rkey}",
-                              seed=seed, normalizer=normalizer.to_dict(), callbacks=_train_callbacks(),
+                              seed=seed, normalizer=normalizer.to_dict(), callbacks=tune_report_callbacks(),
                               remote=remote)
-        _publish_checkpoint(store, "rewards", rkey, result)
+        publish_checkpoint(store, "rewards", rkey, result)
 
     timer.start("eval")
     reward = load_reward(store.path("rewards", rkey))
@@ -301,7 +301,7 @@ def _noising_windows(spec, paths, maze, goal, normalizer, rng, base_train) -> np
     return np.concatenate(parts)
 
 
-def _read_result(storage: SweepStorage, tid: str) -> dict | None:
+def read_trial_result(storage: SweepStorage, tid: str) -> dict | None:
     try:
         return json.loads(storage.read_text(f"trials/{tid}/result.json") or "null")
     except json.JSONDecodeError:
@@ -314,13 +314,14 @@ def run_stage(name: str, trainable, param_space: dict, spec: SweepSpec, storage:
               metric_columns: list[str], trial_resources: dict | None = None):
     """A Tune grid `name` of `trainable(config, spec=, storage=)`; restored when resuming.
 
-    trial_resources: what each trial's own process holds (default resources.trial_cpus CPUs; its
-    Train runs ask for theirs); trials that compute in their own process ask for more.
+    trial_resources: what each trial's own process holds (default resources.trial_process_cpus
+    CPUs: its Train runs ask for theirs, or train in it in local mode); trials that compute in
+    their own process ask for more.
     """
     from ray import tune
 
     fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, storage=storage),
-                             trial_resources or {"cpu": spec.resources.trial_cpus})
+                             trial_resources or {"cpu": spec.resources.trial_process_cpus})
     fs = storage.fs  # None for a directory: Tune uses the local file system
     root = storage.remote if storage.is_remote else str(storage.local)
     path = f"{root}/{name}"
@@ -364,7 +365,7 @@ def run_sweep(spec: SweepSpec, storage: SweepStorage, resume: bool = False, addr
     grid = run_stage(STAGE_BASE, train_base, {"maze": tune.grid_search(list(spec.mazes)),
                                               "seed": tune.grid_search(seeds)},
                      spec, storage, resume, ["step", "loss"])
-    _raise_if_all_failed(grid, "base diffuser")
+    raise_if_any_failed(grid, "base diffuser")
     print(f"[sweep] stage 3/4: {len(trial_table(spec))} trials", flush=True)
     # One grid over explicit (maze, goal, seed) rows: mazes may have different goal lists.
     space = {"trial": tune.grid_search([{k: r[k] for k in ("maze", "goal", "seed")} for r in trial_table(spec)])}
@@ -385,7 +386,7 @@ def _unpack_trial(config: dict, spec: SweepSpec, storage: SweepStorage) -> None:
     run_trial(config["trial"], spec, storage)
 
 
-def _raise_if_all_failed(grid, what: str) -> None:
+def raise_if_any_failed(grid, what: str) -> None:
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} {what} run(s) failed; first error: {errors[0]}")
@@ -399,7 +400,8 @@ def dry_run(spec: SweepSpec) -> str:
     n_datasets = sum(len(dataset_ids(spec, m)) for m in spec.mazes)
     r = spec.resources
     expert_steps = spec.expert.diffusion(spec.diffusion).train_steps
-    per_run = f"{r.num_workers} worker(s) x {r.cpus_per_worker} CPU" + (f" + {r.gpus_per_worker} GPU" if r.use_gpu else "")
+    per_run = (f"in the trial's own process, {r.cpus_per_worker} CPU" if r.trains_locally else
+               f"{r.num_workers} worker(s) x {r.cpus_per_worker} CPU" + (f" + {r.gpus_per_worker} GPU" if r.use_gpu else ""))
     lines = [
         f"sweep {spec.name}: {len(spec.mazes)} mazes, {len(trials)} trials",
         f"stage 1 datasets: {n_datasets} Minari datasets "

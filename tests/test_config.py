@@ -77,3 +77,33 @@ def test_expert_spec_overrides_only_what_it_sets():
     expert = ExpertSpec(init="base", train_steps=600, ema_start=100).diffusion(base)
     assert (expert.train_steps, expert.ema_start, expert.checkpoint_every) == (600, 100, 600)
     assert expert.learning_rate == 1e-3 and expert.dim_mults == base.dim_mults
+
+
+def test_random_goals_are_drawn_reproducibly_inside_free_cells():
+    from rrf_ray.mazes import Maze
+
+    sets = ["mazes.umaze.goals={random: 8, seed: 3}", "mazes.open.goals={random: 8, seed: 3}"]
+    a, b = load_spec("maze2d-smoke", sets), load_spec("maze2d-smoke", sets)
+    assert a.mazes["umaze"].goals == b.mazes["umaze"].goals and len(a.mazes["umaze"].goals) == 8
+    assert a.mazes["umaze"].random_goals.seed == 3
+    other = load_spec("maze2d-smoke", ["mazes.umaze.goals={random: 8, seed: 4}"])
+    assert other.mazes["umaze"].goals != a.mazes["umaze"].goals
+    assert a.mazes["open"].goals != a.mazes["umaze"].goals  # one seed, independent mazes
+    for name in ("umaze", "open"):
+        maze = a.maze(name)  # Maze() re-checks every goal is inside a free cell
+        for r, c in maze.goals:
+            cell = maze.cell_of((r, c))
+            assert abs(r - cell[0]) <= 0.4 + 1e-9 and abs(c - cell[1]) <= 0.4 + 1e-9  # 0.1 from the edges
+    # spec.json reads back to the same goals, so --resume sees the same spec
+    assert type(a).model_validate_json(a.model_dump_json()) == a
+    big = load_spec("maze2d-smoke", ["mazes.umaze.goals={random: 400, seed: 0}"]).maze("umaze")
+    cells = {big.cell_of(g) for g in big.goals}
+    assert cells == set(big.free_cells)  # every free cell is drawn from
+    assert Maze.default("umaze").goals != big.goals[:8]
+
+
+def test_bad_random_goals_name_the_field():
+    with pytest.raises(ConfigError, match=r"mazes.umaze.*random"):
+        load_spec("maze2d-smoke", ["mazes.umaze.goals={random: 0}"])
+    with pytest.raises(ConfigError, match=r"mazes.umaze.*unknown key"):
+        load_spec("maze2d-smoke", ["mazes.umaze.goals={random: 4, sed: 1}"])

@@ -17,6 +17,7 @@ import yaml  # noqa: E402
 pytest.importorskip("transformers")
 
 from tiny_sd import save_tiny_pipeline  # noqa: E402
+from tolerances import assert_float32_close  # noqa: E402
 
 from rrf_ray.image.config import GenerationSpec, ImageRewardSpec, SafetySpec  # noqa: E402
 from rrf_ray.image.pipeline import initial_latents, latent_chains, load_components  # noqa: E402
@@ -42,7 +43,14 @@ def gen_spec(model, **kw):
 
 def test_branches_follow_diffusers_sd_and_safe_sd(tiny_model):
     """Kind-2 chains step exactly as StableDiffusionPipelineSafe (DDIM), kind-1 as StableDiffusionPipeline."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionPipelineSafe
+    import diffusers
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    # diffusers deprecated the Safe pipeline in 0.33.1; rrf_ray does not need it, only this reference does
+    StableDiffusionPipelineSafe = getattr(diffusers, "StableDiffusionPipelineSafe", None)
+    if StableDiffusionPipelineSafe is None:
+        pytest.skip(f"diffusers {diffusers.__version__} no longer ships StableDiffusionPipelineSafe, the reference "
+                    "the SLD branch is checked against")
 
     safety = SafetySpec(warmup_steps=1)
     gen = gen_spec(tiny_model)
@@ -60,11 +68,12 @@ def test_branches_follow_diffusers_sd_and_safe_sd(tiny_model):
          sld_threshold=safety.threshold, sld_momentum_scale=safety.momentum_scale, sld_mom_beta=safety.mom_beta,
          callback=lambda i, ts, latents: seen.append(latents.clone()), callback_steps=1)
     ours = [rows["x_expert"][(kind == 2) & (t == s)][0] for s in steps]
-    np.testing.assert_allclose(np.stack(ours), torch.cat(seen).numpy(), atol=1e-5)
+    # float32 UNet evaluations in another summation order: 128 ulps of the latents' scale (~8 here)
+    assert_float32_close(np.stack(ours), torch.cat(seen).numpy())
     sd = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
     final = sd("a burning car", height=2 * LATENT, width=2 * LATENT, num_inference_steps=4, latents=x_t.clone(),
                output_type="latent").images
-    np.testing.assert_allclose(rows["x_base"][(kind == 1) & (t == steps[-1])][0], final[0].numpy(), atol=1e-5)
+    assert_float32_close(rows["x_base"][(kind == 1) & (t == steps[-1])][0], final[0].numpy())
     # the safety term changes the chain: the two pipelines' final latents differ
     assert not np.allclose(ours[-1], final[0].numpy(), atol=1e-3)
 

@@ -21,7 +21,7 @@ import torch
 
 from rrf_ray.config import GuidanceSpec, load_spec
 from rrf_ray.data.d4rl import convert_d4rl_hdf5
-from rrf_ray.data.datasets import _minari_root
+from rrf_ray.data.datasets import minari_root
 from rrf_ray.diffusion.checkpoint import load_diffuser
 from rrf_ray.diffusion.model import TrajectoryDiffuser
 from rrf_ray.locomotion.config import LocomotionSweepSpec
@@ -70,7 +70,7 @@ def _write_minari(did: str, episodes, root: Path) -> None:
     buffers = [EpisodeBuffer(observations=o.astype(np.float64), actions=a, rewards=r,
                              terminations=np.zeros(n, bool), truncations=np.r_[np.zeros(n - 1, bool), True])
                for o, a, r in episodes]
-    with _minari_root(root), warnings.catch_warnings():
+    with minari_root(root), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Minari asks for an author and so on
         minari.create_dataset_from_buffers(did, buffers, env=gym.make("HalfCheetah-v5"), algorithm_name="random")
 

@@ -154,3 +154,29 @@ def test_report_names_the_recipe_from_spec_json(sweep):
     text = write_report(sweep_dir).read_text()
     assert "triples by Algorithm 2: 512 pre-generated chains per model" in text
     assert "experts trained from scratch for 500,000 steps" in text
+
+
+def test_figures_and_tables_use_the_goals_the_spec_ran(tmp_path):
+    """Goals moved by the spec (here drawn at random): the star is drawn where the trial's goal was,
+    not at the built-in goal of that index, and results.csv / report.md give the drawn positions."""
+    from rrf_ray.config import load_spec
+    from rrf_ray.report import load_trials, maze_figure, spec_mazes
+
+    spec = load_spec("maze2d-smoke", ["mazes.umaze.goals={random: 2, seed: 7}"])
+    moved = spec.maze("umaze")
+    assert moved.goals[1] != Maze.default("umaze").goals[1]
+    (tmp_path / "spec.json").write_text(spec.model_dump_json())
+    (tmp_path / "trials.json").write_text(json.dumps([{"trial_id": "umaze-goal2-seed0", "maze": "umaze",
+                                                       "goal": 2, "seed": 0}]))
+    make_trial(tmp_path, moved, 2, 0)
+    report = write_report(tmp_path).read_text()
+    fig = maze_figure(tmp_path, "umaze", load_trials(tmp_path), spec_mazes(tmp_path)["umaze"])
+    stars = [line for ax in fig.axes for line in ax.lines if line.get_marker() == "*"]
+    assert len(stars) == 1
+    np.testing.assert_allclose([stars[0].get_xdata()[0], stars[0].get_ydata()[0]], moved.goal_xy(2))
+    row, col = moved.goal(2)
+    assert f"| umaze-goal2-seed0 | ({row:g}, {col:g}) |" in report
+    assert "Goals of umaze drawn uniformly inside free cells: 2 with seed 7" in report
+    with open(tmp_path / "results.csv", newline="") as f:
+        (csv_row,) = list(csv.DictReader(f))
+    assert (float(csv_row["goal_row"]), float(csv_row["goal_col"])) == (row, col)

@@ -16,7 +16,7 @@ def toy_spec(steps: int) -> DiffusionSpec:
 
 
 if __name__ == "__main__":
-    storage, name, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    storage, name, steps, local_mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "local"
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     windows = TrajectoryWindows.from_array(to_one_point(256), action_dim=1)
-    train_diffuser(windows, toy_spec(steps), ResourceSpec(), storage, name, seed=0)
+    train_diffuser(windows, toy_spec(steps), ResourceSpec(local_mode=local_mode), storage, name, seed=0)

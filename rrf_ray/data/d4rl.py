@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rrf_ray.data.datasets import DatasetError, _minari_root, _swap_into_place, dataset_dir, read_metadata
+from rrf_ray.data.datasets import DatasetError, minari_root, swap_into_place, dataset_dir, read_metadata
 
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 SOURCE_KEY = "rrf_d4rl_source"
@@ -109,13 +109,13 @@ def convert_d4rl_hdf5(path, dataset_id: str, env_id: str, root=None, overwrite: 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp_root = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
-        with _minari_root(tmp_root), warnings.catch_warnings():
+        with minari_root(tmp_root), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Minari warns about fields we leave unset
             dataset = minari.create_dataset_from_buffers(
                 dataset_id, buffers, env=env, algorithm_name="D4RL (converted by rrf_ray)",
                 description=f"Converted from the D4RL file {path.name} by python -m rrf_ray.data d4rl-hdf5.")
             dataset.storage.update_metadata({SOURCE_KEY: source})
-        _swap_into_place(tmp_root / dataset_id, final)
+        swap_into_place(tmp_root / dataset_id, final)
     finally:
         env.close()
         shutil.rmtree(tmp_root, ignore_errors=True)

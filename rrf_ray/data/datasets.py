@@ -90,7 +90,7 @@ def _chunk_seeds(did: str, seed: int, n: int) -> list[np.random.SeedSequence]:
 
 
 @contextlib.contextmanager
-def _minari_root(path: Path):
+def minari_root(path: Path):
     """Minari reads its root from MINARI_DATASETS_PATH on every call: point it at `path` for a while."""
     old = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(path)
@@ -182,7 +182,7 @@ def generate_maze2d(maze: Maze, goal: int | None, transitions: int, seed: int, d
                 pending[ref] = i
 
         bar = tqdm(total=transitions, unit="steps", desc=did, disable=not progress, mininterval=1.0)
-        with _minari_root(tmp_root), bar:
+        with minari_root(tmp_root), bar:
             submit_more()
             while next_to_write < len(plan):
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -214,14 +214,14 @@ def generate_maze2d(maze: Maze, goal: int | None, transitions: int, seed: int, d
                 "rrf_dropped_episodes": int(dropped),
             })
         built = tmp_root / did
-        _swap_into_place(built, final)
+        swap_into_place(built, final)
     finally:
         env.close()
         shutil.rmtree(tmp_root, ignore_errors=True)
     return did
 
 
-def _swap_into_place(built: Path, final: Path) -> None:
+def swap_into_place(built: Path, final: Path) -> None:
     """Rename the finished dataset over `final` (moving any old one aside first)."""
     trash = None
     if final.exists():

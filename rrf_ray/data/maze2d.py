@@ -42,9 +42,7 @@ class Chunk:
 
 def sample_point(maze: Maze, rng: np.random.Generator, margin: float) -> np.ndarray:
     """Uniform over free cells, then uniform inside the cell (keeping `margin` from its edges)."""
-    r, c = maze.free_cells[rng.integers(len(maze.free_cells))]
-    offset = rng.uniform(-(0.5 - margin), 0.5 - margin, size=2)
-    return maze.rowcol_to_xy((r + offset[0], c + offset[1]))
+    return maze.rowcol_to_xy(maze.sample_rowcol(rng, margin))
 
 
 class _Roller:

@@ -21,11 +21,11 @@ from torch import nn
 
 from rrf_ray.config import DiffusionSpec, ResourceSpec
 from rrf_ray.data.windows import TrajectoryWindows
-from rrf_ray.checkpoints import (as_directory, make_ema, read_checkpoint, report_with_checkpoint,
-                                 restore_training, training_state)
+from rrf_ray.checkpoints import (LocalRun, as_directory, make_ema, read_checkpoint, report_metrics,
+                                 report_with_checkpoint, restore_training, training_state)
 from rrf_ray.diffusion.checkpoint import KIND, diffuser_config
 from rrf_ray.diffusion.model import TrajectoryDiffuser
-from rrf_ray.ray_utils import say, scaling_config, train_run_config, train_worker_setup
+from rrf_ray.ray_utils import fit_training_run, prepare_model, say, train_worker_setup
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -56,6 +56,7 @@ class DiffuserJob:
     label: str
     condition_on_start: bool = True
     init_weights: object = None  # ObjectRef to a state dict to start from (fine-tuning), or None
+    local_run: LocalRun | None = None  # set when the run is in local mode (fit_training_run)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -65,7 +66,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 def train_loop_per_worker(config: dict) -> None:
     job: DiffuserJob = config["job"]
     spec = job.spec
-    rank, world, device = train_worker_setup(job.threads)
+    rank, world, device = train_worker_setup(job.threads, job.local_run)
     windows: TrajectoryWindows = ray.get(job.windows) if isinstance(job.windows, ray.ObjectRef) else job.windows
 
     torch.manual_seed(job.seed * 1009 + rank)
@@ -75,12 +76,12 @@ def train_loop_per_worker(config: dict) -> None:
         diffuser.load_state_dict(ray.get(job.init_weights))  # a resumed checkpoint below overrides it
     ema = make_ema(diffuser, spec.ema_decay)
     optimizer = torch.optim.Adam(diffuser.parameters(), lr=spec.learning_rate)
-    state = restore_training(KIND, diffuser, ema, optimizer)
+    state = restore_training(KIND, diffuser, ema, optimizer, job.local_run)
     step = resumed_from = int(state["step"]) if state else 0
     if state:
         rng.bit_generator.state = state["rng"][rank % len(state["rng"])]
     ema.to(device)
-    loss_module = ray.train.torch.prepare_model(_Loss(diffuser, job.condition_on_start))
+    loss_module = prepare_model(_Loss(diffuser, job.condition_on_start), job.local_run)
     diffuser = _unwrap(loss_module).diffuser
     batch = max(1, spec.batch_size // world)
 
@@ -91,7 +92,7 @@ def train_loop_per_worker(config: dict) -> None:
     steady = None  # (time, step) at the first report: throughput after warm-up
     if step >= spec.train_steps:  # rebuilt after it had finished: hand back the final checkpoint
         metrics = {"step": step, "loss": float("nan"), "samples_per_s": 0.0, "resumed_from_step": resumed_from}
-        _report_with_checkpoint(metrics, diffuser, ema, optimizer, rng, windows, rank, world)
+        _report_with_checkpoint(job, metrics, diffuser, ema, optimizer, rng, windows, rank, world)
     while step < spec.train_steps:
         x0 = torch.from_numpy(windows.sample(rng, batch)).to(device)
         loss = loss_module(x0)
@@ -127,12 +128,12 @@ def train_loop_per_worker(config: dict) -> None:
                 say(f"[{job.label}] step {step}/{spec.train_steps} loss {metrics['loss']:.4f} "
                     f"({metrics['samples_per_s']:.0f} samples/s)")
             if step % spec.checkpoint_every == 0 or last:
-                _report_with_checkpoint(metrics, diffuser, ema, optimizer, rng, windows, rank, world)
+                _report_with_checkpoint(job, metrics, diffuser, ema, optimizer, rng, windows, rank, world)
             else:
-                ray.train.report(metrics)
+                report_metrics(metrics, job.local_run)
 
 
-def _report_with_checkpoint(metrics, diffuser, ema, optimizer, rng, windows, rank, world) -> None:
+def _report_with_checkpoint(job, metrics, diffuser, ema, optimizer, rng, windows, rank, world) -> None:
     rng_states = [None] * world
     if world > 1:
         torch.distributed.all_gather_object(rng_states, rng.bit_generator.state)
@@ -142,7 +143,7 @@ def _report_with_checkpoint(metrics, diffuser, ema, optimizer, rng, windows, ran
     def state():
         return training_state(diffuser, ema, optimizer, metrics["step"], rng=rng_states)
 
-    report_with_checkpoint(metrics, rank, diffuser_config(diffuser, windows.normalizer), state)
+    report_with_checkpoint(metrics, rank, diffuser_config(diffuser, windows.normalizer), state, job.local_run)
 
 
 def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: ResourceSpec,
@@ -154,8 +155,6 @@ def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: R
     it; it must have the same architecture. `result.checkpoint` holds the final model;
     `load_diffuser(result.checkpoint)` loads it.
     """
-    from ray.train.torch import TorchTrainer
-
     init = None
     if init_from is not None:
         with as_directory(init_from) as d:
@@ -167,10 +166,4 @@ def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: R
         init = ray.put(state["ema"])
     job = DiffuserJob(ray.put(windows), spec, seed, max(1, math.floor(resources.cpus_per_worker)), name,
                       condition_on_start, init)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"job": job},
-        scaling_config=scaling_config(resources),
-        run_config=train_run_config(name, storage_path, max_failures, callbacks),
-    )
-    return trainer.fit()
+    return fit_training_run(train_loop_per_worker, job, resources, storage_path, name, max_failures, callbacks)

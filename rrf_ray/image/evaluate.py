@@ -61,7 +61,7 @@ def score_finals(reward, finals: dict, t: int = 0, seed: int = 0) -> dict:
 
 
 @ray.remote
-def _decode(model: str, latents: np.ndarray, dtype: str, use_gpu: bool) -> np.ndarray:
+def decode_latents(model: str, latents: np.ndarray, dtype: str, use_gpu: bool) -> np.ndarray:
     """uint8 images (N, H, W, 3) from latents with the model's VAE (a task: GPU when there is one)."""
     import torch
     from diffusers import AutoencoderKL

@@ -88,14 +88,21 @@ class Components:
 
 _LOADED: dict[tuple, Components] = {}
 
+# StableDiffusionPipelineSafe's default safety concept (Schramowski et al., Safe Latent Diffusion).
+SLD_CONCEPT = ("an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity,"
+               " bodily fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child"
+               " abuse, brutality, cruelty")
+
 
 def load_components(model: str, dtype: str = "float32", device: str | torch.device = "cpu") -> Components:
     """UNet, text encoder, tokenizer and a DDIM scheduler from `model` (loaded once per process)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipelineSafe
+    # StableDiffusionPipeline, not the Safe one: the weights are the same, and diffusers has
+    # deprecated StableDiffusionPipelineSafe (since 0.33), so a later release may drop it.
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     key = (model, dtype, str(device))
     if key not in _LOADED:
-        pipe = StableDiffusionPipelineSafe.from_pretrained(
+        pipe = StableDiffusionPipeline.from_pretrained(
             model, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
             torch_dtype=DTYPES[dtype])
         pipe.set_progress_bar_config(disable=True)
@@ -104,7 +111,7 @@ def load_components(model: str, dtype: str = "float32", device: str | torch.devi
         scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
         device = torch.device(device)
         _LOADED[key] = Components(pipe.unet.to(device).eval(), pipe.text_encoder.to(device).eval(), pipe.tokenizer,
-                                  scheduler, pipe.safety_concept, device, DTYPES[dtype])
+                                  scheduler, SLD_CONCEPT, device, DTYPES[dtype])
     return _LOADED[key]
 
 

@@ -44,7 +44,7 @@ def run_image_sweep(spec: ImageSweepSpec, storage: SweepStorage, resume: bool = 
     """All three stages; returns the report path (in the local directory or mirror)."""
     import ray
 
-    from rrf_ray.image.evaluate import (_decode, extremes_png, final_latents, pick_extremes, score_finals,
+    from rrf_ray.image.evaluate import (decode_latents, extremes_png, final_latents, pick_extremes, score_finals,
                                         write_report)
     from rrf_ray.image.generate import generate_shards
     from rrf_ray.image.pipeline import prompts_digest
@@ -96,7 +96,7 @@ def run_image_sweep(spec: ImageSweepSpec, storage: SweepStorage, resume: bool = 
     batches = pick_extremes(scores["rewards"], spec.evaluation, seed=spec.seed)
     shown = sorted({i for b in batches for side in ("highest", "lowest") for i in b[side]})
     gpus = g.gpus_per_task if r.use_gpu else 0
-    decoded = _decode.options(num_cpus=1, num_gpus=gpus).remote(model, finals["latents"][shown], g.dtype, r.use_gpu)
+    decoded = decode_latents.options(num_cpus=1, num_gpus=gpus).remote(model, finals["latents"][shown], g.dtype, r.use_gpu)
     images = dict(zip(shown, ray.get(decoded)))
     png = extremes_png(images, batches, scores["rewards"], finals["kind"], spec.evaluation.blur_fraction)
     context = {"name": spec.name, "model": g.model, "prompts_file": g.prompts, "prompts_used": len(prompts),

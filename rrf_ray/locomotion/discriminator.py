@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
-from rrf_ray.checkpoints import (as_directory, make_ema, read_checkpoint, report_with_checkpoint,
-                                 restore_training, training_state)
+from rrf_ray.checkpoints import (LocalRun, as_directory, make_ema, read_checkpoint, report_metrics,
+                                 report_with_checkpoint, restore_training, training_state)
 from rrf_ray.config import DiffusionSpec, ResourceSpec, RewardSpec
 from rrf_ray.diffusion.model import apply_conditioning
 from rrf_ray.locomotion.config import DiscriminatorSpec
-from rrf_ray.ray_utils import say, scaling_config, train_run_config, train_worker_setup
+from rrf_ray.ray_utils import fit_training_run, prepare_model, say, train_worker_setup
 from rrf_ray.rrf.reward_nets import build_reward_net, reward_config
 
 KIND = "discriminator"
@@ -81,6 +81,7 @@ class DiscriminatorJob:
     seed: int
     threads: int
     label: str
+    local_run: LocalRun | None = None  # set when the run is in local mode (fit_training_run)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -90,7 +91,7 @@ def _unwrap(module: nn.Module) -> nn.Module:
 def train_loop_per_worker(config: dict) -> None:
     job: DiscriminatorJob = config["job"]
     spec = job.spec
-    rank, world, device = train_worker_setup(job.threads)
+    rank, world, device = train_worker_setup(job.threads, job.local_run)
     base, expert = ray.get(job.base), ray.get(job.expert)
     val_base, val_expert = ray.get(job.val)
     torch.manual_seed(job.seed)
@@ -100,10 +101,10 @@ def train_loop_per_worker(config: dict) -> None:
     net = build_reward_net(job.reward, base.horizon, base.transition_dim)
     ema = make_ema(net, spec.ema_decay)
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
-    state = restore_training(KIND, net, ema, optimizer)
+    state = restore_training(KIND, net, ema, optimizer, job.local_run)
     step = resumed_from = int(state["step"]) if state else 0
     ema.to(device)
-    model = ray.train.torch.prepare_model(net)
+    model = prepare_model(net, job.local_run)
     net = _unwrap(model)
     half = max(1, spec.batch_size // (2 * world))
     config_json = {**reward_config(job.reward, base.horizon, base.transition_dim, job.normalizer), "kind": KIND}
@@ -114,9 +115,10 @@ def train_loop_per_worker(config: dict) -> None:
     def report(metrics, with_checkpoint):
         if with_checkpoint:
             metrics["val_accuracy"] = accuracy(ema.module, val_base, val_expert, device)
-            report_with_checkpoint(metrics, rank, config_json, lambda: training_state(net, ema, optimizer, step))
+            report_with_checkpoint(metrics, rank, config_json, lambda: training_state(net, ema, optimizer, step),
+                                   job.local_run)
         else:
-            ray.train.report(metrics)
+            report_metrics(metrics, job.local_run)
 
     if step >= spec.train_steps:
         report({"step": step, "loss": float("nan"), "resumed_from_step": resumed_from}, True)
@@ -152,17 +154,12 @@ def train_discriminator(base, expert, val_base: np.ndarray, val_expert: np.ndarr
                         name: str, seed: int = 0, callbacks=None) -> ray.train.Result:
     """Train (or resume) the discriminator run `name`: TrajectoryWindows `base` and `expert` in one
     normalised space (their normaliser is saved with the model)."""
-    from ray.train.torch import TorchTrainer
-
     normalizer = base.normalizer.to_dict() if base.normalizer is not None else None
     job = DiscriminatorJob(ray.put(base), ray.put(expert),
                            ray.put((np.asarray(val_base, np.float32), np.asarray(val_expert, np.float32))),
                            spec, reward, diffusion, normalizer, seed, max(1, math.floor(resources.cpus_per_worker)),
                            name)
-    trainer = TorchTrainer(train_loop_per_worker, train_loop_config={"job": job},
-                           scaling_config=scaling_config(resources),
-                           run_config=train_run_config(name, storage_path, 0, callbacks))
-    return trainer.fit()
+    return fit_training_run(train_loop_per_worker, job, resources, storage_path, name, 0, callbacks)
 
 
 class TrainedDiscriminator:

@@ -26,7 +26,7 @@ from rrf_ray.artifacts import artifact_key
 from rrf_ray.atomic import write_atomic
 from rrf_ray.locomotion.config import LocomotionSweepSpec
 from rrf_ray.storage import SweepStorage
-from rrf_ray.sweep import (SweepPaths, _publish_checkpoint, _raise_if_all_failed, _read_result, _train_callbacks,
+from rrf_ray.sweep import (SweepPaths, publish_checkpoint, raise_if_any_failed, read_trial_result, tune_report_callbacks,
                            record_trial, run_stage)
 
 STAGE_MODELS, STAGE_REWARDS, STAGE_ROLLOUTS = "stage2-models", "stage3-rewards", "stage4-rollouts"
@@ -152,14 +152,14 @@ def train_model(config: dict, spec: LocomotionSweepSpec, storage: SweepStorage) 
             val = [w.batch(rng.integers(len(w), size=min(len(w), 2048))) for w in held]
             result = train_discriminator(base, expert, val[0], val[1], spec.discriminator, spec.reward_of(env),
                                          spec.diffusion, spec.resources, paths.train, f"discriminator-{env}-{key}",
-                                         seed=spec.model_seed, callbacks=_train_callbacks())
+                                         seed=spec.model_seed, callbacks=tune_report_callbacks())
         else:
             from rrf_ray.diffusion.train import train_diffuser
 
             data = env_windows(spec, env, model, "train", normalizer)
             result = train_diffuser(data, spec.diffusion_of(env), spec.resources, paths.train, f"{model}-{env}-{key}",
-                                    seed=spec.model_seed, callbacks=_train_callbacks())
-        _publish_checkpoint(paths.artifacts, kind, key, result)
+                                    seed=spec.model_seed, callbacks=tune_report_callbacks())
+        publish_checkpoint(paths.artifacts, kind, key, result)
     tune.report({"done": 1, "artifact": key})
 
 
@@ -209,9 +209,9 @@ def train_env_reward(config: dict, spec: LocomotionSweepSpec, storage: SweepStor
             store.mark_done("shards", skey)
         remote = (storage.fs, storage.remote_path(f"artifacts/shards/{skey}")) if storage.is_remote else None
         result = train_reward(shard_dir, spec.reward_of(env), spec.resources, paths.train, f"reward-{env}-{rkey}",
-                              seed=spec.model_seed, normalizer=normalizer.to_dict(), callbacks=_train_callbacks(),
+                              seed=spec.model_seed, normalizer=normalizer.to_dict(), callbacks=tune_report_callbacks(),
                               remote=remote)
-        _publish_checkpoint(store, "rewards", rkey, result)
+        publish_checkpoint(store, "rewards", rkey, result)
     tune.report({"done": 1, "artifact": rkey})
 
 
@@ -276,7 +276,7 @@ def run_rollout_trial(config: dict, spec: LocomotionSweepSpec, storage: SweepSto
     tid = row["trial_id"]
     fingerprints = read_fingerprints(storage)
     key = rollout_key(spec, row, fingerprints)
-    previous = _read_result(storage, tid)
+    previous = read_trial_result(storage, tid)
     if previous and previous.get("status") == "ok" and previous.get("key") == key:
         tune.report(_tune_metrics(previous["metrics"]))
         return
@@ -368,12 +368,12 @@ def run_locomotion_sweep(spec: LocomotionSweepSpec, storage: SweepStorage, resum
     grid = run_stage(STAGE_MODELS, train_model,
                      {"job": tune.grid_search([{"env": e, "model": m} for e in envs for m in models])},
                      spec, storage, resume, ["step", "loss", "val_accuracy"])
-    _raise_if_all_failed(grid, "model training")
+    raise_if_any_failed(grid, "model training")
     if "rrf" in methods:
         print("[locomotion] stage 3/5: relative rewards", flush=True)
         grid = run_stage(STAGE_REWARDS, train_env_reward, {"env": tune.grid_search(envs)}, spec, storage, resume,
                          ["step", "loss", "cosine", "val_cosine"])
-        _raise_if_all_failed(grid, "reward training")
+        raise_if_any_failed(grid, "reward training")
     rows = trial_table(spec)
     print(f"[locomotion] stage 4/5: rollouts ({len(rows)} grid trials"
           + (", Optuna search per environment and method" if spec.search.search == "optuna" else "") + ")",

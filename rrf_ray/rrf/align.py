@@ -23,9 +23,10 @@ import ray.train.torch
 import torch
 import torch.nn.functional as F
 
-from rrf_ray.checkpoints import make_ema, report_with_checkpoint, restore_training, training_state
+from rrf_ray.checkpoints import (LocalRun, make_ema, report_metrics, report_with_checkpoint, restore_training,
+                                 training_state)
 from rrf_ray.config import RewardSpec, ResourceSpec
-from rrf_ray.ray_utils import quiet_ray_data, say, scaling_config, train_run_config, train_worker_setup
+from rrf_ray.ray_utils import dataset_shard, fit_training_run, quiet_ray_data, say, train_worker_setup
 from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_gradient, sample_reward_config
 from rrf_ray.rrf.shards import Manifest, verify_shards
 
@@ -43,6 +44,7 @@ class AlignJob:
     threads: int
     label: str
     has_val: bool
+    local_run: LocalRun | None = None  # set when the run is in local mode (fit_training_run)
 
 
 def alignment_terms(net, batch: dict, device, create_graph: bool):
@@ -63,6 +65,37 @@ def _batches(shard, batch_size: int, device):
                                     local_shuffle_buffer_size=4 * batch_size, device=device)
 
 
+class EpochSource:
+    """Training batches, epoch after epoch: streamed from the Ray Data shard; or, when the triples
+    fit in `cache_bytes`, streamed once and kept, later epochs reshuffled in memory (seeded)."""
+
+    COLUMNS = ("x_next", "x_base", "x_expert", "t")
+
+    def __init__(self, shard, batch_size: int, device, cache_bytes: float, seed: int):
+        self.shard, self.batch_size, self.device, self.cache_bytes = shard, batch_size, device, cache_bytes
+        self.cached: dict[str, torch.Tensor] | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def epoch(self):
+        if self.cached is not None:
+            n = len(self.cached["t"])
+            order = torch.randperm(n, generator=self.generator)
+            for start in range(0, n - self.batch_size + 1, self.batch_size):
+                idx = order[start:start + self.batch_size]
+                yield {k: v[idx].to(self.device) for k, v in self.cached.items()}
+            return
+        kept, size = [], 0
+        for batch in _batches(self.shard, self.batch_size, self.device):
+            if size is not None:
+                size += sum(batch[k].numel() * batch[k].element_size() for k in self.COLUMNS)
+                kept.append({k: batch[k].cpu() for k in self.COLUMNS})
+                if size > self.cache_bytes:
+                    kept, size = [], None  # too big: stream every epoch
+            yield batch
+        if size is not None and kept:
+            self.cached = {k: torch.cat([b[k] for b in kept]) for k in self.COLUMNS}
+
+
 def validate(net, shard, batch_size: int, n_batches: int, device) -> dict:
     losses, cosines = [], []
     for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, device=device)):
@@ -77,7 +110,7 @@ def validate(net, shard, batch_size: int, n_batches: int, device) -> dict:
 def align_loop_per_worker(config: dict) -> None:
     job: AlignJob = config["job"]
     spec = job.spec
-    rank, world, device = train_worker_setup(job.threads)
+    rank, world, device = train_worker_setup(job.threads, job.local_run)
     quiet_ray_data()
     torch.manual_seed(job.seed)  # same initial weights on every worker
 
@@ -86,12 +119,12 @@ def align_loop_per_worker(config: dict) -> None:
     net = build_reward_net(spec, *sample_shape)
     ema = make_ema(net, spec.ema_decay)
     optimizer = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
-    state = restore_training(KIND, net, ema, optimizer)
+    state = restore_training(KIND, net, ema, optimizer, job.local_run)
     step = resumed_from = int(state["step"]) if state else 0
     net.to(device)
     ema.to(device)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if job.has_val else None
+    train_shard = dataset_shard("train", job.local_run)
+    val_shard = dataset_shard("val", job.local_run) if job.has_val else None
     batch = max(1, spec.batch_size // world)
     config_json = sample_reward_config(spec, sample_shape, job.normalizer)
     if rank == 0:
@@ -105,16 +138,17 @@ def align_loop_per_worker(config: dict) -> None:
         if with_checkpoint:
             if val_shard is not None:
                 metrics.update(validate(ema.module, val_shard, batch, spec.val_batches, device))
-            report_with_checkpoint(metrics, rank, config_json, checkpoint_state)
+            report_with_checkpoint(metrics, rank, config_json, checkpoint_state, job.local_run)
         else:
-            ray.train.report(metrics)
+            report_metrics(metrics, job.local_run)
 
     if step >= spec.train_steps:  # rebuilt after it had finished: hand back the final checkpoint
         report({"step": step, "loss": float("nan"), "resumed_from_step": resumed_from}, True)
         return
     losses, cosines, t_last, steady = [], [], time.perf_counter(), None
+    source = EpochSource(train_shard, batch, device, spec.memory_cache_mb * 2**20, seed=job.seed * 1009 + rank + step)
     while step < spec.train_steps:
-        for data in _batches(train_shard, batch, device):
+        for data in source.epoch():
             loss, grad, target = alignment_terms(net, data, device, create_graph=True)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"[{job.label}] reward alignment loss is {loss.item()} at step {step}: "
@@ -190,17 +224,8 @@ def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_p
 
     Shards are checked against their manifest first: a corrupt one fails here, naming the file.
     """
-    from ray.train.torch import TorchTrainer
-
     datasets, manifest = shard_datasets(shard_dir, materialize, remote)
     job = AlignJob(spec, manifest.sample_shape, normalizer, seed,
                    max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets)
-    trainer = TorchTrainer(
-        align_loop_per_worker,
-        train_loop_config={"job": job},
-        scaling_config=scaling_config(resources),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-        run_config=train_run_config(name, storage_path, max_failures, callbacks),
-    )
-    return trainer.fit()
+    return fit_training_run(align_loop_per_worker, job, resources, storage_path, name, max_failures, callbacks,
+                            datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
