@@ -91,12 +91,10 @@ class LocalRun:
         previous = self._latest_dir(fs, root)
         index = int(previous.rsplit("_", 1)[1]) + 1 if previous else 0
         name = f"local_checkpoint_{index:06d}"
-        fs.create_dir(f"{root}/{name}", recursive=True)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        for file, data in ((STATE_FILE, buffer.getvalue()), (CONFIG_FILE, json.dumps(config, indent=2).encode())):
-            with fs.open_output_stream(f"{root}/{name}/{file}") as f:
-                f.write(data)
+        with tempfile.TemporaryDirectory() as d:  # the checkpoint format of save_checkpoint, copied to the run
+            save_checkpoint(d, config, state)
+            fs.create_dir(f"{root}/{name}", recursive=True)
+            pafs.copy_files(d, f"{root}/{name}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
         if isinstance(fs, pafs.LocalFileSystem):
             write_atomic(Path(root) / "LATEST", name)
         else:  # an object store's PUT is atomic

@@ -60,11 +60,10 @@ class MazeSpec(Strict):
         if not isinstance(layout, list) or not layout:
             raise ValueError("random goals need the maze's layout")
         try:
-            Maze("random-goals", tuple(layout), ())  # a bad layout: a clear error before drawing
-        except MazeError as e:
+            goals = random_goals(layout, recipe.random, recipe.seed, recipe.margin)
+        except MazeError as e:  # a bad layout
             raise ValueError(str(e)) from None
-        return {**raw, "goals": random_goals(layout, recipe.random, recipe.seed, recipe.margin),
-                "random_goals": recipe.model_dump()}
+        return {**raw, "goals": goals, "random_goals": recipe.model_dump()}
 
 
 class DataSpec(Strict):

@@ -60,11 +60,7 @@ def quiet_ray_data() -> None:
 
 
 def quiet_train_worker_logs() -> None:
-    """Silence Train V2's per-report INFO lines ("Reporting training result ...", local mode's
-    "Reported metrics ..." and "Running in local mode ..."); keep warnings. Our step lines say it."""
-    for name in ("ray.train.v2._internal.execution.train_fn_utils", "ray.train.v2.api.config",
-                 "ray.train.torch.train_loop_utils", "ray.train.v2.torch.train_loop_utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Silence Train V2's per-report INFO line ("Reporting training result ..."); keep warnings."""
     try:
         from ray.train.v2._internal.execution import context
     except ImportError:  # a Ray without Train V2 internals: nothing to quiet

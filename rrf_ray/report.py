@@ -142,8 +142,8 @@ def read_sweep_spec(sweep_dir: Path):
         return None
 
 
-def spec_mazes(sweep_dir: Path) -> dict[str, Maze]:
-    spec = read_sweep_spec(sweep_dir)
+def spec_mazes(spec) -> dict[str, Maze]:
+    """The mazes of a SweepSpec (None: none), goals as run."""
     return {name: spec.maze(name) for name in spec.mazes} if spec is not None else {}
 
 
@@ -275,8 +275,8 @@ def _goal_xy(maze: Maze | None, goal: int):
         return None
 
 
-def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Path,
-                    mazes: dict[str, Maze] | None = None) -> str:
+def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Path, spec=None) -> str:
+    """report.md; `spec`: the sweep's SweepSpec from spec.json, if it has one (recipe, goals as run)."""
     done = [t for t in trials if t.ok]
     failed = [t for t in trials if t.status == "failed"]
     missing = [t for t in trials if t.status == "missing"]
@@ -294,7 +294,7 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         "heatmap's peak lies within 0.75 maze units of the goal; discriminability scored on a "
         "held-out half.",
         "",
-        *recipe_lines(sweep_dir),
+        *recipe_lines(spec),
         "## Paper vs ours",
         "",
         "| metric | paper | ours |",
@@ -328,7 +328,7 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
             f"| {_pct(_mean(_metric(ts, 'accuracy')))} | {_num(_mean(_metric(ts, 'roc_auc')))} "
             f"| {_num(_mean(_metric(ts, 'erc')))} |"
         )
-    lines += per_goal_lines(trials, mazes or {}, read_sweep_spec(sweep_dir))
+    lines += per_goal_lines(trials, spec)
     lines += ["", "## Heatmaps", "",
               "Rows are goals, columns seeds; green star = true goal, white x = learned peak.", ""]
     for name, rel in figures.items():
@@ -351,8 +351,9 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
     return "\n".join(lines)
 
 
-def per_goal_lines(trials: list[Trial], mazes: dict[str, Maze], spec) -> list[str]:
+def per_goal_lines(trials: list[Trial], spec) -> list[str]:
     """Every trial's goal position (as run: moved or drawn goals included), verdict and peak distance."""
+    mazes = spec_mazes(spec)
     lines = ["", "## Per goal", ""]
     if spec is not None:
         for name, m in spec.mazes.items():
@@ -376,10 +377,9 @@ def per_goal_lines(trials: list[Trial], mazes: dict[str, Maze], spec) -> list[st
     return lines
 
 
-def recipe_lines(sweep_dir: Path) -> list[str]:
-    """What produced these numbers, read from the sweep's spec.json (none without a Maze2D one):
+def recipe_lines(spec) -> list[str]:
+    """What produced these numbers, from the sweep's SweepSpec (none without a Maze2D spec.json):
     the profiles differ from the paper in exactly these settings, so the report says which."""
-    spec = read_sweep_spec(sweep_dir)
     if spec is None:
         return []
     w, d, r, horizon = spec.windows, spec.diffusion, spec.reward, spec.evaluation.horizon
@@ -404,7 +404,8 @@ def write_report(sweep_dir) -> Path:
     """Write report.md, results.csv and figures/<maze>.png into `sweep_dir`; returns report.md's path."""
     sweep_dir = Path(sweep_dir)
     trials = load_trials(sweep_dir)
-    mazes = spec_mazes(sweep_dir)
+    spec = read_sweep_spec(sweep_dir)
+    mazes = spec_mazes(spec)
     write_results_csv(trials, sweep_dir / "results.csv", mazes)
     figures = {}
     for name in _maze_order(trials):
@@ -412,7 +413,7 @@ def write_report(sweep_dir) -> Path:
         ts = [t for t in trials if t.maze == name]
         write_maze_figure(sweep_dir, name, ts, sweep_dir / rel, maze_of(ts[0], mazes))
         figures[name] = rel
-    return write_atomic(sweep_dir / "report.md", render_markdown(trials, figures, sweep_dir, mazes))
+    return write_atomic(sweep_dir / "report.md", render_markdown(trials, figures, sweep_dir, spec))
 
 
 def main(argv=None) -> int:

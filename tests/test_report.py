@@ -160,7 +160,7 @@ def test_figures_and_tables_use_the_goals_the_spec_ran(tmp_path):
     """Goals moved by the spec (here drawn at random): the star is drawn where the trial's goal was,
     not at the built-in goal of that index, and results.csv / report.md give the drawn positions."""
     from rrf_ray.config import load_spec
-    from rrf_ray.report import load_trials, maze_figure, spec_mazes
+    from rrf_ray.report import load_trials, maze_figure, read_sweep_spec, spec_mazes
 
     spec = load_spec("maze2d-smoke", ["mazes.umaze.goals={random: 2, seed: 7}"])
     moved = spec.maze("umaze")
@@ -170,7 +170,7 @@ def test_figures_and_tables_use_the_goals_the_spec_ran(tmp_path):
                                                        "goal": 2, "seed": 0}]))
     make_trial(tmp_path, moved, 2, 0)
     report = write_report(tmp_path).read_text()
-    fig = maze_figure(tmp_path, "umaze", load_trials(tmp_path), spec_mazes(tmp_path)["umaze"])
+    fig = maze_figure(tmp_path, "umaze", load_trials(tmp_path), spec_mazes(read_sweep_spec(tmp_path))["umaze"])
     stars = [line for ax in fig.axes for line in ax.lines if line.get_marker() == "*"]
     assert len(stars) == 1
     np.testing.assert_allclose([stars[0].get_xdata()[0], stars[0].get_ydata()[0]], moved.goal_xy(2))
