@@ -7,8 +7,11 @@ expert datasets, a base diffuser (`--base-steps`: its quality does not matter he
 
 Timed, one after the other, same sizes and seeds:
   sweep: one trial through `rrf_ray.sweep`'s trial stage: a Tune trial that fine-tunes the
-         expert (Ray Train), writes Algorithm-1 triple shards (Ray tasks), trains the reward
-         on them through Ray Data (Ray Train) and scores held-out windows;
+         expert, writes Algorithm-1 triple shards, trains the reward on them and scores
+         held-out windows. With the profile's 1-CPU workers every phase runs in the trial's
+         own process (LocalRun checkpoints and Tune reports, shards written in process,
+         triples read back with pyarrow); with more workers or a GPU, Ray Train workers,
+         Ray tasks and Ray Data;
   bare:  the same phases as plain function calls in this process, on one torch thread
          (what a Ray Train worker and a shard task use): the expert's fine-tuning loop,
          `noised_triples` written to the same Parquet shards, the alignment loop on the

@@ -79,6 +79,9 @@ class DataSpec(Strict):
     q_gamma: float = Field(0.99, gt=0.0, lt=1.0)
     q_sweeps: int = Field(50, gt=0)
     waypoint_radius: float = Field(0.1, gt=0.0, description="advance to the next waypoint within this distance")
+    waypoint_jitter: float = Field(
+        0.0, ge=0.0, lt=0.5, description="move each route waypoint uniformly within +-this of its cell centre "
+        "(0: D4RL's controller, which drives through cell centres and leaves a lattice of unvisited gaps)")
     base_goal_radius: float = Field(0.5, gt=0.0, description="base data: a goal this close counts as reached")
     expert_goal_radius: float = Field(0.1, gt=0.0, description="expert data: the episode ends this close to the goal")
     base_goal_timeout: int = Field(1000, gt=0, description="base data: steps before an unreached goal is re-drawn")
@@ -88,6 +91,15 @@ class DataSpec(Strict):
     expert_max_steps: int = Field(1000, gt=0, description="expert data: episodes not at the goal by then are dropped")
     cell_margin: float = Field(0.1, ge=0.0, lt=0.5, description="starts and goals keep this far from cell edges")
     workers: int | None = Field(None, gt=0, description="parallel Ray tasks (default: all CPUs)")
+
+
+    def fingerprint(self) -> dict:
+        """The fields that determine generated data, as JSON; a newer field left at the value that
+        reproduces older data is omitted, so datasets and artifacts made before it was added still match."""
+        out = self.model_dump(mode="json", exclude={"workers"})
+        if out["waypoint_jitter"] == 0.0:
+            del out["waypoint_jitter"]
+        return out
 
 
 class WindowSpec(Strict):
@@ -167,6 +179,10 @@ class RewardSpec(Strict):
         "window_mlp", description="MLP over contiguous sub-windows (Maze2D) or U-Net encoder (locomotion)")
     model_horizon: int = Field(1, gt=0, description="window_mlp: steps per sub-window (1 = per-step reward)")
     hidden: list[int] = Field(default_factory=lambda: [128, 64, 32], min_length=1)
+    input_dims: list[int] | None = Field(
+        None, min_length=1, description="window_mlp: the columns of each row the reward sees (None: all). Maze2D "
+        "rows are [action (2) | x, y, vx, vy]: [2, 3] is a reward of the ball's position alone, which cannot "
+        "tell the expert's resting at its goal from its velocity and so must say where the goal is")
     t_embed_dim: int = Field(32, gt=0)
     unet_dim: int = Field(32, gt=0, description="value_unet: channels of the first level")
     unet_dim_mults: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
@@ -179,10 +195,16 @@ class RewardSpec(Strict):
     log_every: int = Field(500, gt=0)
     val_batches: int = Field(20, gt=0, description="held-out batches per validation")
     memory_cache_mb: float = Field(
-        1024, ge=0, description="training triples that fit in this many MB are streamed from their Parquet shards "
-        "through Ray Data once, then kept in the trainer's memory for later epochs (reshuffled each epoch): a "
-        "Ray Data execution per epoch costs about a second, many epochs of a small set cost more than the "
-        "training. 0: stream every epoch")
+        1024, ge=0, description="training triples that fit in this many MB (decoded, per worker) are read from "
+        "their Parquet shards through Ray Data once, in large batches, then kept in the trainer's memory and "
+        "reshuffled each epoch: a Ray Data execution per epoch, at the training batch size, costs more than the "
+        "training of a small set. 0: stream every epoch")
+
+    @model_validator(mode="after")
+    def _input_dims_need_window_mlp(self) -> "RewardSpec":
+        if self.input_dims is not None and self.kind != "window_mlp":
+            raise ValueError(f"input_dims is a window_mlp setting; a {self.kind} reward sees every column")
+        return self
 
 
 class PregenSpec(Strict):
@@ -248,6 +270,9 @@ class EvaluationSpec(Strict):
         "A per-step reward (window_mlp) scores any length; shorter windows give each window's reward to a "
         "shorter stretch of path, so the heatmap resolves the goal instead of smearing it over the span")
     max_windows: int = Field(20_000, gt=0, description="held-out windows scored per dataset (a seeded subsample)")
+    t: int = Field(0, ge=0, description="diffusion step at which the reward scores clean held-out windows (SPEC "
+                   "section 4: 0). The reward is trained at every step; a larger t asks the smoother "
+                   "reward of a noisier step")
 
 
 class EstimateSpec(Strict):
@@ -299,6 +324,9 @@ class SweepSpec(Strict):
 
     @model_validator(mode="after")
     def _evaluation_windows_fit_the_reward(self) -> "SweepSpec":
+        if self.evaluation.t >= self.diffusion.n_timesteps:
+            raise ValueError(f"evaluation.t {self.evaluation.t} must be below diffusion.n_timesteps "
+                             f"({self.diffusion.n_timesteps}): the reward is trained on steps 0..n_timesteps-1")
         h = self.evaluation.horizon
         if h is None or h == self.windows.horizon:
             return self

@@ -78,8 +78,8 @@ def trial_table(spec: SweepSpec) -> list[dict]:
 # -- keys: exactly the spec parts that determine each artifact --------------------------
 
 def dataset_part(spec: SweepSpec, maze: str) -> dict:
-    return {"maze": spec.mazes[maze].model_dump(mode="json"), "data": spec.data.model_dump(mode="json",
-            exclude={"workers"}), "data_seed": spec.data_seed}
+    return {"maze": spec.mazes[maze].model_dump(mode="json"), "data": spec.data.fingerprint(),
+            "data_seed": spec.data_seed}
 
 
 def base_key(spec: SweepSpec, maze: str, seed: int) -> str:
@@ -251,7 +251,8 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
         gpus = spec.resources.pregen_gpus_per_task if spec.resources.use_gpu else 0.0
         pregenerate(base_dir, store.path("diffusers", ekey), shard_dir, spec.pregen, seed=seed,
                     starts=starts[:, 0, action_dim:], dataset_windows=noised, gpus_per_task=gpus,
-                    overwrite=True, progress=False, on_this_node=paths.storage.is_remote)
+                    overwrite=True, progress=False, on_this_node=paths.storage.is_remote,
+                    in_process=spec.resources.trains_locally)
         store.mark_done("shards", skey)  # remote storage: pushed there first
 
     rkey = reward_key(spec, maze, goal, seed)
@@ -268,8 +269,8 @@ def _trial_work(spec: SweepSpec, paths: SweepPaths, maze: str, goal: int, seed: 
     reward = load_reward(store.path("rewards", rkey))
     held_base = windows(spec, paths, maze, None, "heldout", normalizer, for_evaluation=True)
     held_expert = windows(spec, paths, maze, goal, "heldout", normalizer, for_evaluation=True)
-    metrics = evaluate_reward(lambda x: reward.score(x, t=0), spec.maze(maze), goal, held_base, held_expert,
-                              out, max_windows=spec.evaluation.max_windows, seed=seed)
+    metrics = evaluate_reward(lambda x: reward.score(x, t=spec.evaluation.t), spec.maze(maze), goal, held_base,
+                              held_expert, out, max_windows=spec.evaluation.max_windows, seed=seed)
     return {**metrics.as_dict(), **timer.stop()}
 
 

@@ -56,6 +56,7 @@ def test_a_user_can_add_a_maze_in_yaml(tmp_path):
     ("seeds=[]", "seeds"),
     ("data.action_noise.x=1", "data.action_noise is not a mapping"),
     ("novalue", "must look like dotted.key=value"),
+    ("evaluation.t=100", "evaluation.t 100 must be below diffusion.n_timesteps (100)"),
 ])
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ConfigError) as e:

@@ -37,3 +37,34 @@ def test_q_iteration_moves_along_shortest_paths():
         cell = table[cell]
         path.append(cell)
     assert path == [(1, 2), (1, 3), (2, 3), (3, 3), (3, 2), (3, 1)]
+
+
+@pytest.mark.parametrize("name", ["medium", "large"])
+def test_jittered_controller_covers_cells_and_still_reaches_goals(name):
+    """waypoint_jitter spreads the routes over each cell (more distinct 0.1-unit squares visited)
+    without costing the controller its goals."""
+    maze = Maze.default(name)
+    squares, reached = {}, {}
+    for jitter in (0.0, 0.35):
+        spec = DataSpec(waypoint_jitter=jitter)
+        rng = np.random.default_rng(7)
+        roller = _Roller(maze, spec, rng, noise=0.0)
+        visited, hits = set(), 0
+        for _ in range(20):
+            goal = sample_point(maze, rng, spec.cell_margin)
+            obs = roller.start(sample_point(maze, rng, spec.cell_margin), goal)
+            for _ in range(spec.expert_max_steps):
+                _, obs, _ = roller.step(obs)
+                visited.add((round(obs[0] * 10), round(obs[1] * 10)))
+                if math.dist(obs[:2], goal) <= spec.expert_goal_radius:
+                    hits += 1
+                    break
+        squares[jitter], reached[jitter] = len(visited), hits
+    assert reached[0.35] >= 19, reached
+    assert squares[0.35] > 1.2 * squares[0.0], squares
+
+
+def test_unjittered_data_keeps_its_fingerprint():
+    """A field added later, at the value that reproduces older data, leaves dataset and artifact keys as they were."""
+    assert "waypoint_jitter" not in DataSpec().fingerprint()
+    assert DataSpec(waypoint_jitter=0.2).fingerprint()["waypoint_jitter"] == 0.2

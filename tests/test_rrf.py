@@ -12,7 +12,7 @@ from tolerances import assert_float32_close
 from rrf_ray.config import PregenSpec, ResourceSpec, RewardSpec
 from rrf_ray.rrf.align import train_reward
 from rrf_ray.rrf.pregenerate import pregenerate
-from rrf_ray.rrf.reward_nets import WindowMLPReward, load_reward, reward_gradient
+from rrf_ray.rrf.reward_nets import WindowMLPReward, build_reward_net, load_reward, reward_gradient
 from rrf_ray.rrf.shards import Manifest, ShardError, verify_shards
 
 # Ray workers cannot import tests/: ship the synthetic models by value.
@@ -51,15 +51,20 @@ def test_pregenerated_triples_differ_by_grad_phi_exactly(ray_local, tmp_path):
                                       table["x_next"].combine_chunks().to_numpy_ndarray()[nxt])
 
 
-def test_learned_reward_matches_the_potential(ray_local, tmp_path):
-    """The analytic acceptance test: rho = phi + const (r >= 0.99), gradient cosine >= 0.95."""
+@pytest.mark.parametrize("path", ["in_process", "ray_train_worker"])
+def test_learned_reward_matches_the_potential(ray_local, tmp_path, path):
+    """The analytic acceptance test: rho = phi + const (r >= 0.99), gradient cosine >= 0.95.
+
+    in_process: a one-CPU run in this process, the triples read with pyarrow; ray_train_worker:
+    a Ray Train worker fed by Ray Data (read once, kept in the worker's memory)."""
     base, expert, phi = analytic_pair()
     shards = tmp_path / "shards"
     pregenerate(base, expert, shards, PregenSpec(chains_per_kind=256, chains_per_shard=32, val_fraction=0.25),
                 seed=0, progress=False)
     spec = RewardSpec(model_horizon=H, hidden=[64, 64], learning_rate=2e-3, batch_size=256, train_steps=1500,
                       ema_decay=0.99, checkpoint_every=750, log_every=250, val_batches=5)
-    result = train_reward(shards, spec, ResourceSpec(cpus_per_worker=1), tmp_path / "runs", "analytic", seed=0)
+    resources = ResourceSpec(cpus_per_worker=1, local_mode=path == "in_process")
+    result = train_reward(shards, spec, resources, tmp_path / "runs", "analytic", seed=0)
     assert result.metrics["step"] == 1500
     assert result.metrics["val_cosine"] >= 0.95, result.metrics
 
@@ -91,6 +96,46 @@ def test_truncated_shard_is_named_and_repaired(ray_local, tmp_path):
     pregenerate(base, expert, tmp_path, spec, seed=0, progress=False)  # repairs only that shard
     assert victim.read_bytes() == good  # same seed per shard: identical content
     verify_shards(tmp_path)
+
+
+@pytest.mark.parametrize("algorithm", ["pregenerate", "dataset_noising"])
+def test_shards_written_in_process_equal_the_tasks_shards(ray_local, tmp_path, algorithm):
+    """A one-CPU trial writes its shards itself: same seeds per shard, so the same triples."""
+    base, expert, _ = analytic_pair()
+    windows = np.random.default_rng(0).uniform(-1, 1, size=(64, H, D)).astype(np.float32)
+    spec = PregenSpec(algorithm=algorithm, chains_per_kind=16, chains_per_shard=4, noised_windows=40,
+                      noised_per_shard=10, val_fraction=0.25)
+    by_task = pregenerate(base, expert, tmp_path / "tasks", spec, seed=3, dataset_windows=windows, progress=False)
+    here = pregenerate(base, expert, tmp_path / "here", spec, seed=3, dataset_windows=windows, progress=False,
+                       in_process=True)
+    assert set(here.shards) == set(by_task.shards) and len(here.shards) >= 4
+    for name in by_task.shards:
+        assert here.shards[name]["split"] == by_task.shards[name]["split"]
+        assert pq.read_table(tmp_path / "here" / name).equals(pq.read_table(tmp_path / "tasks" / name)), name
+    verify_shards(tmp_path / "here")
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_epochs_cover_every_triple(ray_local, tmp_path, cache):
+    """Cached or streamed, an epoch visits each training triple once; cached epochs are reshuffled."""
+    import ray.data
+
+    from rrf_ray.rrf.align import EpochSource
+
+    base, expert, _ = analytic_pair()
+    manifest = pregenerate(base, expert, tmp_path, PregenSpec(chains_per_kind=16, chains_per_shard=8,
+                                                              val_fraction=0.0), seed=0, progress=False)
+    source = EpochSource(ray.data.read_parquet(manifest.paths(tmp_path)), 32, torch.device("cpu"), cache, seed=0)
+    orders = []
+    for _ in range(2):
+        batches = list(source.epoch())
+        assert all(len(b["t"]) == 32 for b in batches)
+        x = torch.cat([b["x_next"] for b in batches]).flatten(1)
+        assert len(x) == manifest.rows() and len(torch.unique(x, dim=0)) == manifest.rows()
+        orders.append(x)
+    assert (source.cached is not None) == cache
+    if cache:
+        assert not torch.equal(orders[0], orders[1])
 
 
 def test_shard_with_wrong_schema_is_named(ray_local, tmp_path):
@@ -172,8 +217,6 @@ def test_window_mlp_uses_contiguous_blocks():
 
 
 def test_value_unet_reward_supports_the_double_backward():
-    from rrf_ray.rrf.reward_nets import build_reward_net
-
     net = build_reward_net(RewardSpec(kind="value_unet", unet_dim=16, unet_dim_mults=[1, 2]), 8, 5)
     x = torch.randn(3, 8, 5, requires_grad=True)
     grad = reward_gradient(net, x, torch.tensor([0, 3, 9]), create_graph=True)
@@ -195,3 +238,25 @@ def test_reward_run_resumes_from_its_checkpoint(ray_local, tmp_path):
                          tmp_path / "runs", "resume")
     assert again.metrics["resumed_from_step"] == 20 and again.metrics["step"] == 40
     assert load_reward(again.checkpoint).step == 40
+
+
+def test_reward_of_chosen_columns_is_matched_only_on_them():
+    """input_dims: rho ignores the other columns (zero gradient there), and the loss leaves them out."""
+    from rrf_ray.rrf.align import alignment_terms
+
+    net = build_reward_net(RewardSpec(input_dims=[2, 3], hidden=[16]), 8, 6)
+    x = torch.randn(5, 8, 6)
+    moved = x.clone()
+    moved[..., [0, 1, 4, 5]] += 1.0
+    torch.testing.assert_close(net(x, torch.zeros(5, dtype=torch.long)), net(moved, torch.zeros(5, dtype=torch.long)))
+    grad = reward_gradient(net, x, torch.zeros(5, dtype=torch.long), create_graph=False)
+    assert grad[..., [0, 1, 4, 5]].abs().max() == 0 and grad[..., [2, 3]].abs().max() > 0
+    batch = {"x_next": x, "x_base": torch.zeros_like(x), "x_expert": torch.randn(5, 8, 6),
+             "t": torch.zeros(5, dtype=torch.long)}
+    loss, _, _ = alignment_terms(net, batch, "cpu", create_graph=False)
+    expected = (grad[..., [2, 3]] - batch["x_expert"][..., [2, 3]]).pow(2).mean()
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="columns 0..5"):
+        build_reward_net(RewardSpec(input_dims=[6]), 8, 6)
+    with pytest.raises(ValueError, match="window_mlp setting"):
+        RewardSpec(kind="value_unet", input_dims=[2, 3])

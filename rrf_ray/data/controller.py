@@ -46,11 +46,19 @@ def next_cell_table(maze: Maze, goal_cell: tuple[int, int], gamma: float = 0.99,
 
 
 class WaypointController:
-    """Follows cell-centre waypoints to a continuous goal with a PD law."""
+    """Follows cell-centre waypoints to a continuous goal with a PD law.
+
+    jitter > 0 moves each waypoint uniformly within +-jitter of its cell centre (drawn from `rng`
+    at every plan): routes then cover whole cells instead of a lattice of centre lines.
+    """
 
     def __init__(self, maze: Maze, p_gain: float = 10.0, d_gain: float = 1.0, gamma: float = 0.99,
-                 sweeps: int = 50, waypoint_radius: float = 0.1):
+                 sweeps: int = 50, waypoint_radius: float = 0.1, jitter: float = 0.0,
+                 rng: np.random.Generator | None = None):
+        if jitter > 0 and rng is None:
+            raise ValueError("waypoint jitter needs an rng")
         self.maze = maze
+        self.jitter, self.rng = jitter, rng
         self.p_gain, self.d_gain = p_gain, d_gain
         self.gamma, self.sweeps = gamma, sweeps
         self.waypoint_radius = waypoint_radius
@@ -80,6 +88,9 @@ class WaypointController:
             cell = table[cell]
             cells.append(cell)
         centres = [tuple(self.maze.rowcol_to_xy(c)) for c in cells[:-1]]
+        if self.jitter > 0 and centres:
+            offsets = self.rng.uniform(-self.jitter, self.jitter, size=(len(centres), 2))
+            centres = [(x + dx, y + dy) for (x, y), (dx, dy) in zip(centres, offsets.tolist())]
         self._waypoints = centres + [self._goal_xy]
         self._waypoint_cells = cells[:-1] + [self._goal_cell]
         self._i = 0

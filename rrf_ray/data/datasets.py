@@ -30,8 +30,7 @@ from rrf_ray.mazes import Maze
 FORMAT = "rrf-maze2d/1"
 GENERATION_KEY = "rrf_generation"
 HELDOUT_KEY = "rrf_heldout_episodes"
-# Settings of DataSpec that change the data (workers only change the speed).
-_GENERATION_FIELDS = [f for f in DataSpec.model_fields if f not in ("workers", "base_transitions", "expert_transitions")]
+_SIZE_FIELDS = ("base_transitions", "expert_transitions")  # `transitions` says the size of each dataset
 
 
 class DatasetError(ValueError):
@@ -74,7 +73,7 @@ def generation_spec(maze: Maze, goal: int | None, transitions: int, seed: int, d
         "transitions": int(transitions),
         "seed": int(seed),
     }
-    spec.update({f: getattr(data, f) for f in _GENERATION_FIELDS})
+    spec.update({f: v for f, v in data.fingerprint().items() if f not in _SIZE_FIELDS})
     return json.loads(json.dumps(spec))
 
 

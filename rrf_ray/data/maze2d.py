@@ -55,7 +55,8 @@ class _Roller:
         self.env = shared_env(maze)
         self.inner = self.env.unwrapped
         self.controller = WaypointController(
-            maze, spec.p_gain, spec.d_gain, spec.q_gamma, spec.q_sweeps, spec.waypoint_radius
+            maze, spec.p_gain, spec.d_gain, spec.q_gamma, spec.q_sweeps, spec.waypoint_radius,
+            spec.waypoint_jitter, rng
         )
         self._noise = np.zeros((0, 2))
         self._k = 0

@@ -2,8 +2,9 @@
 
     L(theta) = E || grad_x rho(x_next, t) - (x_expert - x_base) ||^2
 
-Triples stream from Parquet shards through Ray Data (`iter_torch_batches`) into a Ray
-Train worker; the gradient of rho is differentiated again (create_graph) for the update.
+Triples stream from Parquet shards through Ray Data (`iter_torch_batches`) into Ray Train
+workers; a one-CPU run in the caller's process with triples that fit in memory reads the
+shards itself. The gradient of rho is differentiated again (create_graph) for the update.
 With several workers, gradients are all-reduced by hand: DDP's hooks do not support
 this double backward.
 """
@@ -28,7 +29,7 @@ from rrf_ray.checkpoints import (LocalRun, make_ema, report_metrics, report_with
 from rrf_ray.config import RewardSpec, ResourceSpec
 from rrf_ray.ray_utils import dataset_shard, fit_training_run, quiet_ray_data, say, train_worker_setup
 from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_gradient, sample_reward_config
-from rrf_ray.rrf.shards import Manifest, verify_shards
+from rrf_ray.rrf.shards import Manifest, read_triples, verify_shards
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -44,6 +45,7 @@ class AlignJob:
     threads: int
     label: str
     has_val: bool
+    train_rows: int = 0  # training triples in all (for the memory-cache decision)
     local_run: LocalRun | None = None  # set when the run is in local mode (fit_training_run)
 
 
@@ -53,6 +55,9 @@ def alignment_terms(net, batch: dict, device, create_graph: bool):
     t = batch["t"].to(device).long()
     target = (batch["x_expert"] - batch["x_base"]).to(device)
     grad = reward_gradient(net, x, t, create_graph=create_graph)
+    dims = getattr(net, "input_dims", None)
+    if dims is not None:  # rho is constant along the columns it does not see: match only the others
+        grad, target = grad[..., dims], target[..., dims]
     return F.mse_loss(grad, target), grad, target
 
 
@@ -65,42 +70,76 @@ def _batches(shard, batch_size: int, device):
                                     local_shuffle_buffer_size=4 * batch_size, device=device)
 
 
+def triple_bytes(sample_shape) -> int:
+    """Bytes of one decoded triple: three float32 samples and an int64 t."""
+    return 3 * 4 * math.prod(sample_shape) + 8
+
+
 class EpochSource:
-    """Training batches, epoch after epoch: streamed from the Ray Data shard; or, when the triples
-    fit in `cache_bytes`, streamed once and kept, later epochs reshuffled in memory (seeded)."""
+    """Training batches, epoch after epoch.
+
+    `source` a dict of tensors (triples already in memory): every epoch is a seeded permutation
+    of its rows. A Ray Data shard with cache False: every epoch streams from it. With cache True
+    (the triples fit in memory): the first epoch reads the shard in a few large batches (one Ray
+    Data execution, little per-batch overhead) and keeps them as tensors, as above.
+    """
 
     COLUMNS = ("x_next", "x_base", "x_expert", "t")
+    READ_ROWS = 8192
 
-    def __init__(self, shard, batch_size: int, device, cache_bytes: float, seed: int):
-        self.shard, self.batch_size, self.device, self.cache_bytes = shard, batch_size, device, cache_bytes
-        self.cached: dict[str, torch.Tensor] | None = None
+    def __init__(self, source, batch_size: int, device, cache: bool, seed: int):
+        self.batch_size, self.device, self.cache = batch_size, device, cache
+        self.shard, self.cached = (None, _on_device(source, device)) if isinstance(source, dict) else (source, None)
         self.generator = torch.Generator().manual_seed(seed)
 
     def epoch(self):
-        if self.cached is not None:
-            n = len(self.cached["t"])
-            order = torch.randperm(n, generator=self.generator)
-            for start in range(0, n - self.batch_size + 1, self.batch_size):
-                idx = order[start:start + self.batch_size]
-                yield {k: v[idx].to(self.device) for k, v in self.cached.items()}
+        if self.cached is None and not self.cache:
+            yield from _batches(self.shard, self.batch_size, self.device)
             return
-        kept, size = [], 0
-        for batch in _batches(self.shard, self.batch_size, self.device):
-            if size is not None:
-                size += sum(batch[k].numel() * batch[k].element_size() for k in self.COLUMNS)
-                kept.append({k: batch[k].cpu() for k in self.COLUMNS})
-                if size > self.cache_bytes:
-                    kept, size = [], None  # too big: stream every epoch
-            yield batch
-        if size is not None and kept:
-            self.cached = {k: torch.cat([b[k] for b in kept]) for k in self.COLUMNS}
+        if self.cached is None:
+            parts = [{k: b[k] for k in self.COLUMNS}
+                     for b in self.shard.iter_torch_batches(batch_size=self.READ_ROWS, device=self.device)]
+            if not parts:
+                return
+            self.cached = {k: torch.cat([b[k] for b in parts]) for k in self.COLUMNS}
+        n = len(self.cached["t"])
+        order = torch.randperm(n, generator=self.generator).to(self.device)
+        for start in range(0, n - self.batch_size + 1, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield {k: v[idx] for k, v in self.cached.items()}
 
 
-def validate(net, shard, batch_size: int, n_batches: int, device) -> dict:
+def _on_device(triples: dict, device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(triples[k]).to(device) for k in EpochSource.COLUMNS}
+
+
+class ValidationBatches:
+    """The first `n_batches` validation batches, kept: the same held-out triples at every
+    checkpoint, read (from a Ray Data shard) once rather than in a Ray Data execution each time."""
+
+    def __init__(self, source, batch_size: int, n_batches: int, device):
+        self.source, self.batch_size, self.n_batches, self.device = source, batch_size, n_batches, device
+        self.batches: list[dict] | None = None
+
+    def __iter__(self):
+        if self.batches is None:
+            self.batches = []
+            if isinstance(self.source, dict):
+                rows = _on_device(self.source, self.device)
+                n = min(len(rows["t"]), self.n_batches * self.batch_size)
+                self.batches = [{k: v[i:i + self.batch_size] for k, v in rows.items()}
+                                for i in range(0, n, self.batch_size)]
+            else:
+                for batch in self.source.iter_torch_batches(batch_size=self.batch_size, device=self.device):
+                    if len(self.batches) >= self.n_batches:
+                        break
+                    self.batches.append(batch)
+        return iter(self.batches)
+
+
+def validate(net, batches, device) -> dict:
     losses, cosines = [], []
-    for i, batch in enumerate(shard.iter_torch_batches(batch_size=batch_size, device=device)):
-        if i >= n_batches:
-            break
+    for batch in batches:
         loss, grad, target = alignment_terms(net, batch, device, create_graph=False)
         losses.append(loss.item())
         cosines.append(mean_cosine(grad, target).item())
@@ -124,8 +163,9 @@ def align_loop_per_worker(config: dict) -> None:
     net.to(device)
     ema.to(device)
     train_shard = dataset_shard("train", job.local_run)
-    val_shard = dataset_shard("val", job.local_run) if job.has_val else None
     batch = max(1, spec.batch_size // world)
+    val = ValidationBatches(dataset_shard("val", job.local_run), batch, spec.val_batches, device) \
+        if job.has_val else None
     config_json = sample_reward_config(spec, sample_shape, job.normalizer)
     if rank == 0:
         what = f"resuming at step {step}" if resumed_from else "starting"
@@ -136,8 +176,8 @@ def align_loop_per_worker(config: dict) -> None:
 
     def report(metrics: dict, with_checkpoint: bool) -> None:
         if with_checkpoint:
-            if val_shard is not None:
-                metrics.update(validate(ema.module, val_shard, batch, spec.val_batches, device))
+            if val is not None:
+                metrics.update(validate(ema.module, val, device))
             report_with_checkpoint(metrics, rank, config_json, checkpoint_state, job.local_run)
         else:
             report_metrics(metrics, job.local_run)
@@ -146,7 +186,8 @@ def align_loop_per_worker(config: dict) -> None:
         report({"step": step, "loss": float("nan"), "resumed_from_step": resumed_from}, True)
         return
     losses, cosines, t_last, steady = [], [], time.perf_counter(), None
-    source = EpochSource(train_shard, batch, device, spec.memory_cache_mb * 2**20, seed=job.seed * 1009 + rank + step)
+    fits = job.train_rows / world * triple_bytes(sample_shape) <= spec.memory_cache_mb * 2**20
+    source = EpochSource(train_shard, batch, device, fits, seed=job.seed * 1009 + rank + step)
     while step < spec.train_steps:
         for data in source.epoch():
             loss, grad, target = alignment_terms(net, data, device, create_graph=True)
@@ -224,8 +265,23 @@ def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_p
 
     Shards are checked against their manifest first: a corrupt one fails here, naming the file.
     """
-    datasets, manifest = shard_datasets(shard_dir, materialize, remote)
+    manifest = Manifest.load(shard_dir)  # verified below
+    fits = manifest is not None and \
+        manifest.rows("train") * triple_bytes(manifest.sample_shape) <= spec.memory_cache_mb * 2**20
+    if fits and resources.trains_locally:
+        # One trainer in this process, triples that fit in memory: read them here with pyarrow. A Ray
+        # Data execution costs 10-25 s on a busy 2-core machine; reading these files, well under one.
+        manifest = verify_shards(shard_dir)
+        datasets = {split: read_triples(manifest.paths(shard_dir, split)) for split in ("train", "val")
+                    if manifest.paths(shard_dir, split)}
+        if "train" not in datasets:
+            raise ValueError(f"{shard_dir} has no training shards")
+    else:
+        if materialize is None and fits:
+            materialize = False  # each worker reads its part once and keeps it: no object-store copy needed
+        datasets, manifest = shard_datasets(shard_dir, materialize, remote)
     job = AlignJob(spec, manifest.sample_shape, normalizer, seed,
-                   max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets)
+                   max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets,
+                   train_rows=manifest.rows("train"))
     return fit_training_run(align_loop_per_worker, job, resources, storage_path, name, max_failures, callbacks,
                             datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))

@@ -114,14 +114,9 @@ def noised_triples(base, expert, x0: np.ndarray, grad_at: str, generator: torch.
             "x_expert": mean_2.cpu().numpy(), "t": t.cpu().numpy()}
 
 
-@ray.remote
-def _make_shard(kind: str, base_ref, expert_ref, path: str, chain_ids: list[int], seed_seq,
-                starts, x0, grad_at: str, gpus: float) -> dict:
-    device = _device(gpus)
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # one CPU per task: parallelism comes from running many tasks
-    base = resolve_model(base_ref).to(device).eval()
-    expert = resolve_model(expert_ref).to(device).eval()
+def make_shard(kind: str, base, expert, path: str, chain_ids: list[int], seed_seq, starts, x0, grad_at: str,
+               device: torch.device) -> dict:
+    """Write one shard of triples from loaded models; returns its `write_shard` entry."""
     generator = torch.Generator().manual_seed(int(seed_seq.generate_state(1)[0]))
     parts = []
     if kind == "pregenerate":
@@ -140,6 +135,17 @@ def _make_shard(kind: str, base_ref, expert_ref, path: str, chain_ids: list[int]
     return write_shard(Path(path), triples_table(**merged))
 
 
+@ray.remote
+def _make_shard_task(kind: str, base_ref, expert_ref, path: str, chain_ids: list[int], seed_seq,
+                     starts, x0, grad_at: str, gpus: float) -> dict:
+    device = _device(gpus)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # one CPU per task: parallelism comes from running many tasks
+    base = resolve_model(base_ref).to(device).eval()
+    expert = resolve_model(expert_ref).to(device).eval()
+    return make_shard(kind, base, expert, path, chain_ids, seed_seq, starts, x0, grad_at, device)
+
+
 def _plan(spec: PregenSpec) -> list[list[int]]:
     """Chain (or dataset-window) ids of each shard."""
     total = spec.chains_per_kind if spec.algorithm == "pregenerate" else spec.noised_windows
@@ -156,11 +162,15 @@ def _val_count(n_shards: int, fraction: float) -> int:
 
 def pregenerate(base, expert, out_dir, spec: PregenSpec, seed: int = 0, starts: np.ndarray | None = None,
                 dataset_windows: np.ndarray | None = None, gpus_per_task: float = 0.0,
-                overwrite: bool = False, progress: bool = True, on_this_node: bool = False) -> Manifest:
+                overwrite: bool = False, progress: bool = True, on_this_node: bool = False,
+                in_process: bool = False) -> Manifest:
     """Make (or complete, or repair) the shards of `out_dir`; returns its manifest.
 
     on_this_node: run the shard tasks on the calling node (when `out_dir` is not on a
     file system that every node shares).
+    in_process: write the shards here, one after another, with the models loaded once, instead
+    of one Ray task per shard (for a one-CPU trial, tasks only add process start-up and model
+    loading on CPUs the trial does not hold).
 
     starts: normalised start observations to inpaint (Algorithm 2), sampled per chain.
     dataset_windows: normalised windows x0 (Algorithm 1), one triple each.
@@ -204,20 +214,38 @@ def pregenerate(base, expert, out_dir, spec: PregenSpec, seed: int = 0, starts: 
 
     steps = base_model.n_timesteps
     rows_of = [2 * len(ids) * steps if spec.algorithm == "pregenerate" else len(ids) for ids in plan]
-    base_ref = base if isinstance(base, (str, Path)) else ray.put(base)
-    expert_ref = expert if isinstance(expert, (str, Path)) else ray.put(expert)
-    starts_ref = None if starts is None else ray.put(np.asarray(starts, dtype=np.float32))
     rng = np.random.default_rng([int(seed), 7])
     windows = None
     if dataset_windows is not None:
         windows = np.asarray(dataset_windows, dtype=np.float32)
         windows = windows[rng.integers(len(windows), size=spec.noised_windows)]
+    starts = None if starts is None else np.asarray(starts, dtype=np.float32)
+
+    def shard_args(i):
+        x0 = None if windows is None else windows[plan[i][0]:plan[i][-1] + 1]
+        return (str(out_dir / names[i]), plan[i], np.random.SeedSequence([int(seed)], spawn_key=(i,)), x0)
+
+    if in_process:
+        device = _device(gpus_per_task)
+        base_model, expert_model = base_model.to(device).eval(), expert_model.to(device).eval()
+        from tqdm.auto import tqdm
+
+        for i in tqdm(todo, desc=f"triples -> {out_dir.name}", unit="shard", disable=not progress):
+            path, ids, seed_seq, x0 = shard_args(i)
+            entry = make_shard(spec.algorithm, base_model, expert_model, path, ids, seed_seq, starts, x0,
+                               spec.grad_at, device)
+            manifest.shards[names[i]] = {**entry, "split": splits[i]}
+            manifest.save(out_dir)
+        return manifest
+
+    base_ref = base if isinstance(base, (str, Path)) else ray.put(base)
+    expert_ref = expert if isinstance(expert, (str, Path)) else ray.put(expert)
+    starts_ref = None if starts is None else ray.put(starts)
 
     def submit(i, strategy):
-        x0 = None if windows is None else windows[plan[i][0]:plan[i][-1] + 1]
-        return _make_shard.options(num_cpus=1, num_gpus=gpus_per_task, scheduling_strategy=strategy).remote(
-            spec.algorithm, base_ref, expert_ref, str(out_dir / names[i]), plan[i],
-            np.random.SeedSequence([int(seed)], spawn_key=(i,)), starts_ref, x0, spec.grad_at, gpus_per_task)
+        path, ids, seed_seq, x0 = shard_args(i)
+        return _make_shard_task.options(num_cpus=1, num_gpus=gpus_per_task, scheduling_strategy=strategy).remote(
+            spec.algorithm, base_ref, expert_ref, path, ids, seed_seq, starts_ref, x0, spec.grad_at, gpus_per_task)
 
     return run_shard_tasks(submit, todo, manifest, out_dir, names, splits, rows_of, "triples", progress,
                            on_this_node)

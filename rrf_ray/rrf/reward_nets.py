@@ -43,13 +43,17 @@ class WindowMLPReward(nn.Module):
     """
 
     def __init__(self, horizon: int, transition_dim: int, model_horizon: int = 1,
-                 hidden=(128, 64, 32), t_embed_dim: int = 32):
+                 hidden=(128, 64, 32), t_embed_dim: int = 32, input_dims=None):
         super().__init__()
         if horizon % model_horizon:
             raise ValueError(f"reward model_horizon {model_horizon} must divide the window horizon {horizon}")
+        if input_dims is not None and not all(0 <= d < transition_dim for d in input_dims):
+            raise ValueError(f"reward input_dims {list(input_dims)} must be columns 0..{transition_dim - 1}")
         self.horizon, self.transition_dim, self.model_horizon = horizon, transition_dim, model_horizon
+        self.input_dims = None if input_dims is None else [int(d) for d in input_dims]
+        seen = transition_dim if input_dims is None else len(self.input_dims)
         self.time = SinusoidalTimeEmbedding(t_embed_dim)
-        layers, width = [], model_horizon * transition_dim + t_embed_dim
+        layers, width = [], model_horizon * seen + t_embed_dim
         for h in hidden:
             layers += [nn.Linear(width, h), nn.Mish()]
             width = h
@@ -57,6 +61,8 @@ class WindowMLPReward(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.input_dims is not None:
+            x = x[..., self.input_dims]
         b, h, d = x.shape
         n = h // self.model_horizon
         blocks = x.reshape(b, n, self.model_horizon * d)  # consecutive steps stay together
@@ -94,7 +100,8 @@ def build_reward_net(spec: RewardSpec, *sample_shape: int) -> nn.Module:
         return build_latent_reward(spec, sample_shape)
     horizon, transition_dim = sample_shape
     if spec.kind == "window_mlp":
-        return WindowMLPReward(horizon, transition_dim, spec.model_horizon, spec.hidden, spec.t_embed_dim)
+        return WindowMLPReward(horizon, transition_dim, spec.model_horizon, spec.hidden, spec.t_embed_dim,
+                               spec.input_dims)
     return ValueUNetReward(horizon, transition_dim, spec.unet_dim, spec.unet_dim_mults)
 
 

@@ -46,6 +46,14 @@ def triples_table(x_next, x_base, x_expert, t, chain_kind, chain_id) -> pa.Table
     return pa.table(columns)
 
 
+def read_triples(paths) -> dict[str, np.ndarray]:
+    """The triple columns (x_next, x_base, x_expert, t) of shard files, read whole with pyarrow."""
+    table = pq.read_table([str(p) for p in paths], columns=[*TENSOR_COLUMNS, "t"])
+    columns = {c: table[c].combine_chunks().to_numpy_ndarray() for c in TENSOR_COLUMNS}
+    columns["t"] = table["t"].to_numpy()
+    return columns
+
+
 def expected_schema(*sample_shape: int) -> pa.Schema:
     tensor = pa.fixed_shape_tensor(pa.float32(), [int(n) for n in sample_shape])
     return pa.schema([(c, tensor) for c in TENSOR_COLUMNS]
