@@ -49,8 +49,9 @@ def triples_table(x_next, x_base, x_expert, t, chain_kind, chain_id) -> pa.Table
 def read_triples(paths) -> dict[str, np.ndarray]:
     """The triple columns (x_next, x_base, x_expert, t) of shard files, read whole with pyarrow."""
     table = pq.read_table([str(p) for p in paths], columns=[*TENSOR_COLUMNS, "t"])
-    columns = {c: table[c].combine_chunks().to_numpy_ndarray() for c in TENSOR_COLUMNS}
-    columns["t"] = table["t"].to_numpy()
+    # copies: Arrow's views are read-only, which torch warns about when it wraps them
+    columns = {c: table[c].combine_chunks().to_numpy_ndarray().copy() for c in TENSOR_COLUMNS}
+    columns["t"] = table["t"].to_numpy().copy()
     return columns
 
 
