@@ -45,7 +45,7 @@ class AlignJob:
     threads: int
     label: str
     has_val: bool
-    train_rows: int = 0  # training triples in all (for the memory-cache decision)
+    cache: bool = False  # each worker's training triples fit in reward.memory_cache_mb: keep them in memory
     local_run: LocalRun | None = None  # set when the run is in local mode (fit_training_run)
 
 
@@ -186,8 +186,7 @@ def align_loop_per_worker(config: dict) -> None:
         report({"step": step, "loss": float("nan"), "resumed_from_step": resumed_from}, True)
         return
     losses, cosines, t_last, steady = [], [], time.perf_counter(), None
-    fits = job.train_rows / world * triple_bytes(sample_shape) <= spec.memory_cache_mb * 2**20
-    source = EpochSource(train_shard, batch, device, fits, seed=job.seed * 1009 + rank + step)
+    source = EpochSource(train_shard, batch, device, job.cache, seed=job.seed * 1009 + rank + step)
     while step < spec.train_steps:
         for data in source.epoch():
             loss, grad, target = alignment_terms(net, data, device, create_graph=True)
@@ -266,8 +265,8 @@ def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_p
     Shards are checked against their manifest first: a corrupt one fails here, naming the file.
     """
     manifest = Manifest.load(shard_dir)  # verified below
-    fits = manifest is not None and \
-        manifest.rows("train") * triple_bytes(manifest.sample_shape) <= spec.memory_cache_mb * 2**20
+    fits = manifest is not None and manifest.rows("train") / max(1, resources.num_workers) \
+        * triple_bytes(manifest.sample_shape) <= spec.memory_cache_mb * 2**20  # per worker
     if fits and resources.trains_locally:
         # One trainer in this process, triples that fit in memory: read them here with pyarrow. A Ray
         # Data execution costs 10-25 s on a busy 2-core machine; reading these files, well under one.
@@ -282,6 +281,6 @@ def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_p
         datasets, manifest = shard_datasets(shard_dir, materialize, remote)
     job = AlignJob(spec, manifest.sample_shape, normalizer, seed,
                    max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets,
-                   train_rows=manifest.rows("train"))
+                   cache=fits)
     return fit_training_run(align_loop_per_worker, job, resources, storage_path, name, max_failures, callbacks,
                             datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
