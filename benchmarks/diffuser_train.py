@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from rrf_ray.checkpoints import adam
 from rrf_ray.config import DiffusionSpec, ResourceSpec
 from rrf_ray.data.windows import TrajectoryWindows
 from rrf_ray.diffusion.model import TrajectoryDiffuser
@@ -31,7 +32,7 @@ def bare_samples_per_s(windows: TrajectoryWindows, spec: DiffusionSpec, steps: i
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     loss_module = _Loss(TrajectoryDiffuser(windows.transition_dim, windows.action_dim, windows.horizon, spec), True)
-    opt = torch.optim.Adam(loss_module.parameters(), lr=spec.learning_rate)
+    opt = adam(loss_module.parameters(), spec.learning_rate)
     for i in range(warmup + steps):
         if i == warmup:
             t = time.perf_counter()

@@ -26,6 +26,7 @@ import ray
 import ray.data
 import torch
 
+from rrf_ray.checkpoints import adam
 from rrf_ray.config import DiffusionSpec, PregenSpec, RewardSpec
 from rrf_ray.diffusion.model import TrajectoryDiffuser
 from rrf_ray.ray_utils import init_ray
@@ -40,7 +41,7 @@ def train_rate(batches, spec: RewardSpec, steps: int, warmup: int = 20) -> float
     """Samples/s of reward-alignment steps over `batches` (an iterator of dicts of tensors)."""
     torch.manual_seed(0)
     net = build_reward_net(spec, H, D)
-    opt = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
+    opt = adam(net.parameters(), spec.learning_rate)
     done = 0
     for batch in batches:
         if done == warmup:

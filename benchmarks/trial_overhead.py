@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rrf_ray.checkpoints import make_ema
+from rrf_ray.checkpoints import adam, make_ema
 from rrf_ray.config import load_spec
 from rrf_ray.diffusion.checkpoint import load_diffuser
 from rrf_ray.eval.trial import evaluate_reward
@@ -76,7 +76,7 @@ def bare_trial(spec, paths: SweepPaths, maze: str, goal: int, seed: int, out: Pa
     rng = np.random.default_rng([seed, 0])
     expert = load_diffuser(base_dir).model.train()
     ema = make_ema(expert, espec.ema_decay)
-    opt = torch.optim.Adam(expert.parameters(), lr=espec.learning_rate)
+    opt = adam(expert.parameters(), espec.learning_rate)
     for step in range(1, espec.train_steps + 1):
         x0 = torch.from_numpy(expert_data.sample(rng, espec.batch_size))
         loss = expert.loss(x0, {0: x0[:, 0, expert.action_dim:]})
@@ -115,7 +115,7 @@ def bare_trial(spec, paths: SweepPaths, maze: str, goal: int, seed: int, out: Pa
     torch.manual_seed(seed)
     net = build_reward_net(r, *triples["x_next"].shape[1:])
     reward_ema = make_ema(net, r.ema_decay)
-    opt = torch.optim.Adam(net.parameters(), lr=r.learning_rate)
+    opt = adam(net.parameters(), r.learning_rate)
     order = torch.Generator().manual_seed(seed)
     n_train = len(triples["t"])
     for _ in range(r.train_steps):

@@ -216,6 +216,23 @@ def test_window_mlp_uses_contiguous_blocks():
         WindowMLPReward(horizon=5, transition_dim=1, model_horizon=2)
 
 
+def test_window_mlp_is_its_mlp_on_block_and_time_embedding():
+    """The per-window time term of the first layer is an optimisation: the net is still
+    MLP(cat[block, embed(t)]) per block, averaged, in value and in input-gradient."""
+    torch.manual_seed(0)
+    net = WindowMLPReward(horizon=8, transition_dim=3, model_horizon=2, hidden=[16, 8], t_embed_dim=6)
+    x, t = torch.randn(4, 8, 3, requires_grad=True), torch.tensor([0, 1, 5, 9])
+
+    def reference(x):
+        blocks = x.reshape(4, 4, 6)
+        temb = net.time(t)[:, None, :].expand(4, 4, -1)
+        return net.mlp(torch.cat([blocks, temb], dim=-1)).squeeze(-1).mean(dim=1)
+
+    torch.testing.assert_close(net(x, t), reference(x))
+    torch.testing.assert_close(reward_gradient(net, x, t, create_graph=False),
+                               torch.autograd.grad(reference(x).sum(), x)[0])
+
+
 def test_value_unet_reward_supports_the_double_backward():
     net = build_reward_net(RewardSpec(kind="value_unet", unet_dim=16, unet_dim_mults=[1, 2]), 8, 5)
     x = torch.randn(3, 8, 5, requires_grad=True)

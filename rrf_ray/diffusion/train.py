@@ -21,7 +21,7 @@ from torch import nn
 
 from rrf_ray.config import DiffusionSpec, ResourceSpec
 from rrf_ray.data.windows import TrajectoryWindows
-from rrf_ray.checkpoints import (LocalRun, as_directory, make_ema, read_checkpoint, report_metrics,
+from rrf_ray.checkpoints import (LocalRun, adam, as_directory, make_ema, read_checkpoint, report_metrics,
                                  report_with_checkpoint, restore_training, training_state)
 from rrf_ray.diffusion.checkpoint import KIND, diffuser_config
 from rrf_ray.diffusion.model import TrajectoryDiffuser
@@ -75,7 +75,7 @@ def train_loop_per_worker(config: dict) -> None:
     if job.init_weights is not None:
         diffuser.load_state_dict(ray.get(job.init_weights))  # a resumed checkpoint below overrides it
     ema = make_ema(diffuser, spec.ema_decay)
-    optimizer = torch.optim.Adam(diffuser.parameters(), lr=spec.learning_rate)
+    optimizer = adam(diffuser.parameters(), spec.learning_rate)
     state = restore_training(KIND, diffuser, ema, optimizer, job.local_run)
     step = resumed_from = int(state["step"]) if state else 0
     if state:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
-from rrf_ray.checkpoints import (LocalRun, as_directory, make_ema, read_checkpoint, report_metrics,
+from rrf_ray.checkpoints import (LocalRun, adam, as_directory, make_ema, read_checkpoint, report_metrics,
                                  report_with_checkpoint, restore_training, training_state)
 from rrf_ray.config import DiffusionSpec, ResourceSpec, RewardSpec
 from rrf_ray.diffusion.model import apply_conditioning
@@ -100,7 +100,7 @@ def train_loop_per_worker(config: dict) -> None:
     scheduler = noise_schedule(job.diffusion)
     net = build_reward_net(job.reward, base.horizon, base.transition_dim)
     ema = make_ema(net, spec.ema_decay)
-    optimizer = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
+    optimizer = adam(net.parameters(), spec.learning_rate)
     state = restore_training(KIND, net, ema, optimizer, job.local_run)
     step = resumed_from = int(state["step"]) if state else 0
     ema.to(device)

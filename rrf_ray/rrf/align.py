@@ -24,7 +24,7 @@ import ray.train.torch
 import torch
 import torch.nn.functional as F
 
-from rrf_ray.checkpoints import (LocalRun, make_ema, report_metrics, report_with_checkpoint, restore_training,
+from rrf_ray.checkpoints import (LocalRun, adam, make_ema, report_metrics, report_with_checkpoint, restore_training,
                                  training_state)
 from rrf_ray.config import RewardSpec, ResourceSpec
 from rrf_ray.ray_utils import dataset_shard, fit_training_run, quiet_ray_data, say, train_worker_setup
@@ -157,7 +157,7 @@ def align_loop_per_worker(config: dict) -> None:
     sample_shape = tuple(getattr(job, "sample_shape", None) or (job.horizon, job.transition_dim))
     net = build_reward_net(spec, *sample_shape)
     ema = make_ema(net, spec.ema_decay)
-    optimizer = torch.optim.Adam(net.parameters(), lr=spec.learning_rate)
+    optimizer = adam(net.parameters(), spec.learning_rate)
     state = restore_training(KIND, net, ema, optimizer, job.local_run)
     step = resumed_from = int(state["step"]) if state else 0
     net.to(device)

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 from diffusers import UNet1DModel
+import torch.nn.functional as F
 from torch import nn
 
 from rrf_ray.config import RewardSpec
@@ -66,8 +67,12 @@ class WindowMLPReward(nn.Module):
         b, h, d = x.shape
         n = h // self.model_horizon
         blocks = x.reshape(b, n, self.model_horizon * d)  # consecutive steps stay together
-        temb = self.time(t)[:, None, :].expand(b, n, -1)
-        return self.mlp(torch.cat([blocks, temb], dim=-1)).squeeze(-1).mean(dim=1)
+        # The first layer on cat([block, t-embedding]), with the t part computed once per window
+        # rather than once per block (the same weights; a third less work at model_horizon 1).
+        first, k = self.mlp[0], blocks.shape[-1]
+        per_window = F.linear(self.time(t), first.weight[:, k:], first.bias)
+        hidden = F.linear(blocks, first.weight[:, :k]) + per_window[:, None, :]
+        return self.mlp[1:](hidden).squeeze(-1).mean(dim=1)
 
 
 class ValueUNetReward(nn.Module):
