@@ -146,10 +146,11 @@ def test_report_names_the_recipe_from_spec_json(sweep):
 
     sweep_dir, *_ = sweep
     assert "Recipe" not in (sweep_dir / "report.md").read_text()  # no spec.json: nothing claimed
-    (sweep_dir / "spec.json").write_text(load_spec("maze2d-smoke").model_dump_json())
+    smoke = load_spec("maze2d-smoke")
+    (sweep_dir / "spec.json").write_text(smoke.model_dump_json())
     text = write_report(sweep_dir).read_text()
     assert "triples by Algorithm 1: 20,000 noised mixed dataset windows, grad rho at base_mean" in text
-    assert "experts fine-tuned from the base for 600 steps" in text
+    assert f"experts fine-tuned from the base for {smoke.expert.train_steps:,} steps" in text
     (sweep_dir / "spec.json").write_text(load_spec("maze2d").model_dump_json())
     text = write_report(sweep_dir).read_text()
     assert "triples by Algorithm 2: 512 pre-generated chains per model" in text
