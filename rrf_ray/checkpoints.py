@@ -122,15 +122,15 @@ def latest_state(kind: str, local_run: LocalRun | None = None) -> dict | None:
         return read_checkpoint(d, kind)[1]
 
 
+_FUSED_ADAM = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
+
+
 def adam(params, lr: float) -> torch.optim.Adam:
     """Adam, fused where this torch has the fused kernel for CPU (2.4+) and CUDA: a per-tensor
     Adam step costs ~10% of a small U-Net's CPU training step, the fused one a fifth of that."""
     params = list(params)
     fused = _FUSED_ADAM and all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=lr, fused=True) if fused else torch.optim.Adam(params, lr=lr)
-
-
-_FUSED_ADAM = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
