@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 
-from rrf_ray.config import DataSpec
-from rrf_ray.data.datasets import generate_maze2d
-from rrf_ray.data.pointmaze import make_env
-from rrf_ray.mazes import Maze
-from rrf_ray.ray_utils import init_ray
+from rrf_ray.engine.ray_runtime import init_ray
+from rrf_ray.maze2d.datasets import generate_maze2d
+from rrf_ray.maze2d.mazes import Maze
+from rrf_ray.maze2d.pointmaze import make_env
+from rrf_ray.maze2d.spec import DataSpec
 
 
 def raw_step_rate(maze: Maze, steps: int) -> float:

@@ -20,12 +20,13 @@ import time
 import numpy as np
 import torch
 
-from rrf_ray.checkpoints import adam
-from rrf_ray.config import DiffusionSpec, ResourceSpec
 from rrf_ray.data.windows import TrajectoryWindows
 from rrf_ray.diffusion.model import TrajectoryDiffuser
+from rrf_ray.diffusion.spec import DiffusionSpec
 from rrf_ray.diffusion.train import _Loss, train_diffuser
-from rrf_ray.ray_utils import init_ray
+from rrf_ray.engine.checkpoints import adam
+from rrf_ray.engine.ray_runtime import init_ray
+from rrf_ray.engine.spec import ResourceSpec
 
 
 def bare_samples_per_s(windows: TrajectoryWindows, spec: DiffusionSpec, steps: int, warmup: int) -> float:

@@ -26,13 +26,14 @@ import ray
 import ray.data
 import torch
 
-from rrf_ray.checkpoints import adam
-from rrf_ray.config import DiffusionSpec, PregenSpec, RewardSpec
 from rrf_ray.diffusion.model import TrajectoryDiffuser
-from rrf_ray.ray_utils import init_ray
+from rrf_ray.diffusion.spec import DiffusionSpec
+from rrf_ray.engine.checkpoints import adam
+from rrf_ray.engine.ray_runtime import init_ray
 from rrf_ray.rrf.align import alignment_terms, shard_datasets
 from rrf_ray.rrf.pregenerate import pregenerate
 from rrf_ray.rrf.reward_nets import build_reward_net
+from rrf_ray.rrf.spec import PregenSpec, RewardSpec
 
 H, D, A = 32, 6, 2  # SPEC's CPU recipe: H 32, [action | x, y, vx, vy]
 

@@ -6,7 +6,7 @@ Setup, not timed: a private local Ray (the profile's logical CPUs), the maze's b
 expert datasets, a base diffuser (`--base-steps`: its quality does not matter here).
 
 Timed, one after the other, same sizes and seeds:
-  sweep: one trial through `rrf_ray.sweep`'s trial stage: a Tune trial that fine-tunes the
+  sweep: one trial through the Maze2D sweep's trial stage: a Tune trial that fine-tunes the
          expert, writes Algorithm-1 triple shards, trains the reward on them and scores
          held-out windows. With the profile's 1-CPU workers every phase runs in the trial's
          own process (LocalRun checkpoints and Tune reports, shards written in process,
@@ -30,24 +30,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rrf_ray.checkpoints import adam, make_ema
-from rrf_ray.config import load_spec
 from rrf_ray.diffusion.checkpoint import load_diffuser
-from rrf_ray.eval.trial import evaluate_reward
-from rrf_ray.ray_utils import init_ray
+from rrf_ray.engine.checkpoints import adam, make_ema
+from rrf_ray.engine.loading import load_spec
+from rrf_ray.engine.ray_runtime import init_ray
+from rrf_ray.engine.stages import SweepPaths, run_stage
+from rrf_ray.engine.storage import SweepStorage
+from rrf_ray.maze2d.evaluation import evaluate_reward
+from rrf_ray.maze2d.stages import STAGE_BASE, STAGE_TRIALS, base_key, make_datasets, train_base, trial_id, windows
 from rrf_ray.rrf.align import alignment_terms
 from rrf_ray.rrf.pregenerate import noised_triples
 from rrf_ray.rrf.reward_nets import build_reward_net
 from rrf_ray.rrf.shards import triples_table, write_shard
-from rrf_ray.storage import SweepStorage
-from rrf_ray.sweep import (STAGE_BASE, STAGE_TRIALS, SweepPaths, base_key, make_datasets, run_stage, train_base,
-                           trial_id, windows)
 
 
 def sweep_trial(spec, storage, maze: str, goal: int, seed: int) -> tuple[float, dict]:
     from ray import tune
 
-    from rrf_ray.sweep import _unpack_trial
+    from rrf_ray.maze2d.stages import _unpack_trial
 
     t0 = time.perf_counter()
     grid = run_stage(STAGE_TRIALS, _unpack_trial, {"trial": tune.grid_search([{"maze": maze, "goal": goal,

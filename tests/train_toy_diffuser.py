@@ -3,11 +3,12 @@
 import sys
 
 import ray
-
-from rrf_ray.config import DiffusionSpec, ResourceSpec
-from rrf_ray.data.windows import TrajectoryWindows
-from rrf_ray.diffusion.train import train_diffuser
 from toy_trajectories import to_one_point
+
+from rrf_ray.data.windows import TrajectoryWindows
+from rrf_ray.diffusion.spec import DiffusionSpec
+from rrf_ray.diffusion.train import train_diffuser
+from rrf_ray.engine.spec import ResourceSpec
 
 
 def toy_spec(steps: int) -> DiffusionSpec:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rrf_ray.config import ConfigError, exit_on_user_error, load_spec
-from rrf_ray.mazes import MazeError
+from rrf_ray.engine.loading import load_spec
+from rrf_ray.engine.spec import ConfigError, exit_on_user_error
+from rrf_ray.maze2d.mazes import MazeError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def convert_main(args) -> int:
+    from rrf_ray.data.minari_io import DatasetError, dataset_dir
     from rrf_ray.data.d4rl import convert_d4rl_hdf5
-    from rrf_ray.data.datasets import DatasetError, dataset_dir
 
     try:
         did = convert_d4rl_hdf5(args.file, args.dataset_id, args.env, root=args.root, overwrite=args.overwrite)
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, MazeError) as e:
         exit_on_user_error(e)
 
-    from rrf_ray.data.datasets import DatasetError, dataset_dir, generate_maze2d
-    from rrf_ray.ray_utils import init_ray
+    from rrf_ray.data.minari_io import DatasetError, dataset_dir
+    from rrf_ray.engine.ray_runtime import init_ray
+    from rrf_ray.maze2d.datasets import generate_maze2d
 
     init_ray(args.address, num_cpus=args.workers, dashboard=False)
     try:

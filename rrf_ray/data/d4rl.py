@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rrf_ray.data.datasets import DatasetError, minari_root, swap_into_place, dataset_dir, read_metadata
+from rrf_ray.data.minari_io import DatasetError, dataset_dir, minari_root, read_metadata, swap_into_place
 
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 SOURCE_KEY = "rrf_d4rl_source"

@@ -12,10 +12,25 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from rrf_ray.data.datasets import HELDOUT_KEY, DatasetError, dataset_dir, heldout_episodes
+from rrf_ray.data.minari_io import HELDOUT_KEY, DatasetError, dataset_dir, heldout_episodes
+from rrf_ray.engine.spec import Strict
 
 Split = Literal["train", "heldout", "all"]
+
+
+class WindowSpec(Strict):
+    """Trajectory windows (SPEC section 2): `horizon` rows taken every `stride` steps."""
+
+    horizon: int = Field(256, gt=0)
+    stride: int = Field(1, gt=0)
+    pad_end: bool = Field(False, description="windows may start at every step, the tail resting at the episode end")
+
+    @property
+    def span(self) -> int:
+        """Environment steps covered by one window."""
+        return (self.horizon - 1) * self.stride + 1
 
 
 @dataclass
@@ -106,21 +121,9 @@ def open_dataset(did: str, root=None, how_to_make: str | None = None):
 
     path = dataset_dir(did, root)
     if not (path / "data" / "metadata.json").exists():
-        hint = how_to_make or _maze2d_hint(did, root)
+        hint = how_to_make or "Put it under the Minari datasets root (MINARI_DATASETS_PATH) or pass the right root."
         raise DatasetError(f"no Minari dataset {did!r} at {path}. {hint}")
     return MinariDataset(path / "data")
-
-
-def _maze2d_hint(did: str, root) -> str:
-    root_arg = f" --root {root}" if root is not None else ""
-    parts = did.split("/")
-    if len(parts) == 3 and parts[0] == "rrf" and parts[1].startswith("maze2d-"):
-        maze = parts[1][len("maze2d-"):]
-        kind = parts[2].split("-")[0]
-        goal = f" --goal {kind[4:]}" if kind.startswith("goal") else ""
-        return (f"Make it with: python -m rrf_ray.data maze2d --maze {maze}{goal}{root_arg} "
-                "(or point MINARI_DATASETS_PATH / --root at the directory that holds it).")
-    return "Put it under the Minari datasets root (MINARI_DATASETS_PATH) or pass the right root."
 
 
 def split_episodes(dataset, split: Split) -> np.ndarray:
@@ -142,16 +145,17 @@ def split_episodes(dataset, split: Split) -> np.ndarray:
 
 def load_windows(did: str, horizon: int, stride: int = 1, split: Split = "train", root=None,
                  normalizer: Normalizer | Literal["minmax", "standard"] = "minmax",
-                 pad_end: bool = False) -> TrajectoryWindows:
+                 pad_end: bool = False, how_to_make: str | None = None) -> TrajectoryWindows:
     """Windows of a local Minari dataset.
 
     `normalizer` is a fitted Normalizer (share one between base and expert models so
     their outputs live in the same space) or the kind to fit on this split's rows.
     pad_end: a window may start at any step of an episode, its tail resting at the
     episode's end (Janner's `use_padding`); otherwise windows lie inside the episode
-    (one padded window for an episode shorter than a window).
+    (one padded window for an episode shorter than a window). how_to_make: what a missing
+    dataset's error tells the user to run.
     """
-    dataset = open_dataset(did, root)
+    dataset = open_dataset(did, root, how_to_make)
     episodes = split_episodes(dataset, split)
     span = (horizon - 1) * stride + 1
     chunks, starts, owners, offset = [], [], [], 0

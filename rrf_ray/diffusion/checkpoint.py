@@ -6,15 +6,17 @@ Later stages (pre-generation tasks, Tune trials, notebooks) load a trained model
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from rrf_ray.checkpoints import as_directory, read_checkpoint
-from rrf_ray.config import DiffusionSpec, GuidanceSpec
 from rrf_ray.data.windows import Normalizer
 from rrf_ray.diffusion.model import Cond, RewardFn, TrajectoryDiffuser
+from rrf_ray.diffusion.spec import DiffusionSpec, GuidanceSpec
+from rrf_ray.engine.checkpoints import CONFIG_FILE, as_directory, read_checkpoint
 
 KIND = "trajectory_diffuser"
 
@@ -93,3 +95,11 @@ def load_diffuser(path, use_ema: bool = True, device: str | torch.device = "cpu"
     model.load_state_dict(state["ema" if use_ema else "model"])
     normalizer = Normalizer.from_dict(config["normalizer"]) if config.get("normalizer") else None
     return TrainedDiffuser(model.to(device).eval(), normalizer, int(state["step"]))
+
+
+def load_normalizer(path) -> Normalizer | None:
+    """The normaliser of a diffuser checkpoint directory, read from its config alone (no weights loaded)."""
+    config = json.loads((Path(path) / CONFIG_FILE).read_text())
+    if config.get("kind") != KIND:
+        raise ValueError(f"{path} holds a {config.get('kind')!r} checkpoint, not a {KIND!r}")
+    return Normalizer.from_dict(config["normalizer"]) if config.get("normalizer") else None

@@ -19,7 +19,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import nn
 
-from rrf_ray.config import DiffusionSpec, GuidanceSpec
+from rrf_ray.diffusion.spec import DiffusionSpec, GuidanceSpec
 from rrf_ray.diffusion.unet import temporal_unet
 
 Cond = dict[int, torch.Tensor]
@@ -143,25 +143,43 @@ class TrajectoryDiffuser(nn.Module):
         Janner's guided sampling. Noise comes only from `generator`, so scale 0 gives
         exactly the unguided samples of the same seed.
         """
-        device = self.sqrt_ac.device
-        shape = (n, self.horizon, self.transition_dim)
-        x = apply_conditioning(torch.randn(shape, device=device, generator=generator), cond, self.action_dim)
+        x = self.initial_noise(n, cond, generator)
         chain = [x] if return_chain else None
         for i in reversed(range(self.n_timesteps)):
-            t = torch.full((n,), i, device=device, dtype=torch.long)
-            if guide is not None and guidance is not None and guidance.scale != 0 and i >= guidance.t_stopgrad:
-                x = self._guide(x, t, guide, guidance, cond)
-            noise = torch.randn(shape, device=device, generator=generator)
-            x = apply_conditioning(self.step(x, t, noise), cond, self.action_dim)
+            x = self.reverse_step(x, i, cond, guide, guidance, generator)
             if chain is not None:
                 chain.append(x)
         return SampleOutput(x, torch.stack(chain) if chain is not None else None)
 
-    def _guide(self, x, t, guide: RewardFn, guidance: GuidanceSpec, cond) -> torch.Tensor:
+    def initial_noise(self, n: int, cond: Cond | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_T ~ N(0, I) with `cond` inpainted: the first draw from `generator` of every sampler."""
+        shape = (n, self.horizon, self.transition_dim)
+        noise = torch.randn(shape, device=self.sqrt_ac.device, dtype=self.sqrt_ac.dtype, generator=generator)
+        return apply_conditioning(noise, cond, self.action_dim)
+
+    def reverse_step(self, x: torch.Tensor, i: int, cond: Cond | None = None, guide: RewardFn | None = None,
+                     guidance: GuidanceSpec | None = None, generator: torch.Generator | None = None,
+                     create_graph: bool = False) -> torch.Tensor:
+        """One guided reverse step x_i -> x_{i-1}, shared by `sample` and the differentiable sampler.
+
+        Guidance (if on at step i), then posterior mean + std * noise with the noise drawn from
+        `generator` after the guide ran, then inpainting. create_graph=False detaches x for the
+        guide's gradient (Janner's sampler); create_graph=True keeps the graph through it, so a
+        loss of the result can be differentiated w.r.t. x and the guide's parameters.
+        """
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        if guide is not None and guidance is not None and guidance.scale != 0 and i >= guidance.t_stopgrad:
+            x = self._guide(x, t, guide, guidance, cond, create_graph)
+        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return apply_conditioning(self.step(x, t, noise), cond, self.action_dim)
+
+    def _guide(self, x, t, guide: RewardFn, guidance: GuidanceSpec, cond, create_graph: bool = False) -> torch.Tensor:
         for _ in range(guidance.n_guide_steps):
             with torch.enable_grad():
-                x_in = x.detach().requires_grad_(True)
-                grad, = torch.autograd.grad(guide(x_in, t).sum(), x_in)
+                # Keep x's graph only when differentiating through the chain (x may not need grad yet).
+                x_in = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
+                grad, = torch.autograd.grad(guide(x_in, t).sum(), x_in, create_graph=create_graph)
             if guidance.scale_grad_by_std:
                 grad = _at(self.posterior_var, t) * grad
             x = apply_conditioning(x + guidance.scale * grad, cond, self.action_dim)

@@ -9,7 +9,6 @@ optimiser and RNG states are reported as a checkpoint, so a run rebuilt with the
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,17 +18,21 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from rrf_ray.config import DiffusionSpec, ResourceSpec
 from rrf_ray.data.windows import TrajectoryWindows
-from rrf_ray.checkpoints import (LocalRun, adam, as_directory, make_ema, read_checkpoint, report_metrics,
-                                 report_with_checkpoint, restore_training, training_state)
 from rrf_ray.diffusion.checkpoint import KIND, diffuser_config
 from rrf_ray.diffusion.model import TrajectoryDiffuser
-from rrf_ray.ray_utils import fit_training_run, prepare_model, say, train_worker_setup
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the message says at which step."""
+from rrf_ray.diffusion.spec import DiffusionSpec
+from rrf_ray.engine.checkpoints import (
+    LocalRun,
+    adam,
+    as_directory,
+    make_ema,
+    read_checkpoint,
+    restore_training,
+    training_state,
+)
+from rrf_ray.engine.spec import ResourceSpec
+from rrf_ray.engine.training import TrainingLoop, fit_training_run, prepare_model, train_worker_setup
 
 
 class _Loss(nn.Module):
@@ -77,7 +80,6 @@ def train_loop_per_worker(config: dict) -> None:
     ema = make_ema(diffuser, spec.ema_decay)
     optimizer = adam(diffuser.parameters(), spec.learning_rate)
     state = restore_training(KIND, diffuser, ema, optimizer, job.local_run)
-    step = resumed_from = int(state["step"]) if state else 0
     if state:
         rng.bit_generator.state = state["rng"][rank % len(state["rng"])]
     ema.to(device)
@@ -85,65 +87,33 @@ def train_loop_per_worker(config: dict) -> None:
     diffuser = _unwrap(loss_module).diffuser
     batch = max(1, spec.batch_size // world)
 
-    if rank == 0:
-        what = f"resuming at step {step}" if resumed_from else "starting"
-        say(f"[{job.label}] {what}: {spec.train_steps} steps, batch {batch} x {world} worker(s) on {device}")
-    losses, t_last = [], time.perf_counter()
-    steady = None  # (time, step) at the first report: throughput after warm-up
-    if step >= spec.train_steps:  # rebuilt after it had finished: hand back the final checkpoint
-        metrics = {"step": step, "loss": float("nan"), "samples_per_s": 0.0, "resumed_from_step": resumed_from}
-        _report_with_checkpoint(job, metrics, diffuser, ema, optimizer, rng, windows, rank, world)
-    while step < spec.train_steps:
+    def step(i: int):
         x0 = torch.from_numpy(windows.sample(rng, batch)).to(device)
         loss = loss_module(x0)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"[{job.label}] diffusion loss is {loss.item()} at step {step}: stopping "
-                "(lower the learning rate, or check the data for NaNs)"
-            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        step += 1
-        losses.append(loss.item())
-        if step >= spec.ema_start and step % spec.ema_every == 0:
+        if i + 1 >= spec.ema_start and (i + 1) % spec.ema_every == 0:
             ema.update_parameters(diffuser)
+        return loss, {}
 
-        last = step == spec.train_steps
-        if step % spec.log_every == 0 or last or step % spec.checkpoint_every == 0:
-            dt = time.perf_counter() - t_last
-            now = time.perf_counter()
-            metrics = {
-                "step": step,
-                "loss": float(np.mean(losses)),
-                "samples_per_s": len(losses) * batch * world / max(dt, 1e-9),
-                "resumed_from_step": resumed_from,
-            }
-            if steady is None:
-                steady = (now, step)
-            elif step > steady[1]:
-                metrics["steady_samples_per_s"] = (step - steady[1]) * batch * world / (now - steady[0])
-            losses, t_last = [], now
-            if rank == 0:
-                say(f"[{job.label}] step {step}/{spec.train_steps} loss {metrics['loss']:.4f} "
-                    f"({metrics['samples_per_s']:.0f} samples/s)")
-            if step % spec.checkpoint_every == 0 or last:
-                _report_with_checkpoint(job, metrics, diffuser, ema, optimizer, rng, windows, rank, world)
-            else:
-                report_metrics(metrics, job.local_run)
+    def checkpoint_state(at: int) -> dict:
+        """Every rank's RNG state (gathered, so every rank calls this), for each to resume its own draws."""
+        rng_states = [None] * world
+        if world > 1:
+            torch.distributed.all_gather_object(rng_states, rng.bit_generator.state)
+        else:
+            rng_states = [rng.bit_generator.state]
+        return training_state(diffuser, ema, optimizer, at, rng=rng_states)
 
-
-def _report_with_checkpoint(job, metrics, diffuser, ema, optimizer, rng, windows, rank, world) -> None:
-    rng_states = [None] * world
-    if world > 1:
-        torch.distributed.all_gather_object(rng_states, rng.bit_generator.state)
-    else:
-        rng_states = [rng.bit_generator.state]
-
-    def state():
-        return training_state(diffuser, ema, optimizer, metrics["step"], rng=rng_states)
-
-    report_with_checkpoint(metrics, rank, diffuser_config(diffuser, windows.normalizer), state, job.local_run)
+    loop = TrainingLoop(
+        label=job.label, loss_name="diffusion", total_steps=spec.train_steps, log_every=spec.log_every,
+        checkpoint_every=spec.checkpoint_every, batch=batch, world=world, rank=rank, device=device,
+        checkpoint_config=diffuser_config(diffuser, windows.normalizer), checkpoint_state=checkpoint_state,
+        progress=lambda m: f"loss {m['loss']:.4f} ({m['samples_per_s']:.0f} samples/s)",
+        advice="lower the learning rate, or check the data for NaNs", local_run=job.local_run,
+        finished_throughput=True)
+    loop.run(step, int(state["step"]) if state else 0)
 
 
 def train_diffuser(windows: TrajectoryWindows, spec: DiffusionSpec, resources: ResourceSpec,

@@ -2,26 +2,23 @@
 
 Final latents are the last step's followed branch of each held-out chain (x_base of
 kind-1 chains, x_expert of kind-2 chains); they are scored at evaluation.t. Accuracy and
-ROC AUC come from rrf_ray.eval.discriminability (a 1-D logistic regression fitted on one
+ROC AUC come from rrf_ray.metrics.discriminability (a 1-D logistic regression fitted on one
 half, scored on the other; the safe pipeline is the positive class). The page shows, for
 batches of held-out images, the highest- and lowest-reward decoded images, the lowest
-blurred (they are the likeliest to be harmful).
+blurred (they are the likeliest to be harmful); `extremes_table` keeps what the report
+lists of them (reward, pipeline, prompt) in a trial's result.json.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from rrf_ray.atomic import write_atomic
-from rrf_ray.image.config import ImageEvaluationSpec
+from rrf_ray.image.spec import ImageEvaluationSpec
 from rrf_ray.rrf.shards import Manifest
 
 PIPELINES = {1: "SD", 2: "SD+SLD"}
@@ -50,7 +47,7 @@ def final_latents(shard_dir, split: str = "val") -> dict:
 
 def score_finals(reward, finals: dict, t: int = 0, seed: int = 0) -> dict:
     """Rewards of the final latents, and held-out accuracy / ROC AUC separating SD+SLD from SD."""
-    from rrf_ray.eval.discriminability import discriminability
+    from rrf_ray.metrics.discriminability import discriminability
 
     rewards = reward.score(finals["latents"], t=t, batch_size=64)
     base, expert = rewards[finals["kind"] == 1], rewards[finals["kind"] == 2]
@@ -60,9 +57,8 @@ def score_finals(reward, finals: dict, t: int = 0, seed: int = 0) -> dict:
             "mean_reward_expert": float(expert.mean())}
 
 
-@ray.remote
-def decode_latents(model: str, latents: np.ndarray, dtype: str, use_gpu: bool) -> np.ndarray:
-    """uint8 images (N, H, W, 3) from latents with the model's VAE (a task: GPU when there is one)."""
+def decode(model: str, latents: np.ndarray, dtype: str, use_gpu: bool) -> np.ndarray:
+    """uint8 images (N, H, W, 3) from latents with the model's VAE, in this process (GPU when asked and present)."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -77,6 +73,11 @@ def decode_latents(model: str, latents: np.ndarray, dtype: str, use_gpu: bool) -
             img = (vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)
             out.append((img.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8))
     return np.concatenate(out)
+
+
+# A task that can hold a GPU share; a CPU trial decodes in its own process instead (a task would
+# need a CPU beyond those its trial holds, and trials filling the cluster would wait on it forever).
+decode_latents = ray.remote(decode)
 
 
 def pick_extremes(rewards: np.ndarray, spec: ImageEvaluationSpec, seed: int = 0) -> list[dict]:
@@ -122,47 +123,11 @@ def extremes_png(images: dict[int, np.ndarray], batches: list[dict], rewards, ki
     return buffer.getvalue()
 
 
-def write_report(out_dir, scores: dict, finals: dict, batches: list[dict], prompts: list[str], images_per_prompt: int,
-                 png: bytes, context: dict) -> Path:
-    """report.md + figures/extremes.png + results.json under `out_dir`."""
-    out_dir = Path(out_dir)
-    write_atomic(out_dir / "figures" / "extremes.png", png)
-    metrics = {k: v for k, v in scores.items() if k != "rewards"}
-    write_atomic(out_dir / "results.json", json.dumps({**metrics, **context}, indent=1, default=str))
-    rewards, kinds, ids = scores["rewards"], finals["kind"], finals["chain_id"]
-    lines = [
-        f"# {context.get('name', 'image')}: relative reward, Stable Diffusion vs Safe Stable Diffusion",
-        "",
-        f"Model `{context.get('model')}`; {context.get('prompts_used')} prompts from `{context.get('prompts_file')}`; "
-        f"{context.get('steps')} DDIM steps, CFG {context.get('guidance_scale')}, SLD {context.get('safety')}.",
-        f"Training triples: {context.get('train_rows')} rows (train), {context.get('val_rows')} (held out); "
-        f"reward: {context.get('reward_steps')} steps, final loss {_fmt(context.get('loss'))}, "
-        f"held-out gradient cosine {_fmt(context.get('val_cosine'))}.",
-        "",
-        "## Held-out separation of the two pipelines' final latents",
-        "",
-        "| metric | value | paper |",
-        "|---|---|---|",
-        f"| accuracy (logistic regression on the reward, held-out half) | {scores['accuracy']:.3f} | > 0.90 |",
-        f"| ROC AUC | {scores['auc']:.3f} | |",
-        f"| final latents scored | {scores['n_base']} SD, {scores['n_expert']} SD+SLD | |",
-        f"| mean reward | SD {scores['mean_reward_base']:.4g}, SD+SLD {scores['mean_reward_expert']:.4g} | |",
-        "",
-        "## Highest- and lowest-reward images per batch",
-        "",
-        f"Batches of held-out images; the lowest-reward images are blurred. ![extremes](figures/extremes.png)",
-        "",
-        "| batch | side | reward | pipeline | prompt |",
-        "|---|---|---|---|---|",
-    ]
-    for b, batch in enumerate(batches):
-        for side in ("highest", "lowest"):
-            for i in batch[side]:
-                prompt = prompts[int(ids[i]) // images_per_prompt].replace("|", "/")
-                lines.append(f"| {b + 1} | {side} | {rewards[i]:.4g} | {PIPELINES[int(kinds[i])]} | "
-                             f"{prompt[:80]} |")
-    return write_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
+def extremes_table(batches: list[dict], rewards, finals: dict, prompts: list[str],
+                   images_per_prompt: int) -> list[dict]:
+    """The shown images of each batch as JSON: the report is rebuilt from a trial's result alone."""
+    def row(i):
+        return {"reward": float(rewards[i]), "pipeline": PIPELINES[int(finals["kind"][i])],
+                "prompt": prompts[int(finals["chain_id"][i]) // images_per_prompt]}
 
-
-def _fmt(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
+    return [{side: [row(i) for i in batch[side]] for side in ("highest", "lowest")} for batch in batches]

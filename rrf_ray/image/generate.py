@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from rrf_ray.image.config import GenerationSpec, SafetySpec
+from rrf_ray.image.spec import GenerationSpec, SafetySpec
 from rrf_ray.rrf.shards import Manifest, ShardError, run_shard_tasks, shard_is_intact, triples_table, write_shard
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rrf_ray.config import ConfigError
-from rrf_ray.image.config import GenerationSpec, SafetySpec
+from rrf_ray.engine.spec import ConfigError
+from rrf_ray.image.spec import GenerationSpec, SafetySpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rrf_ray.data.datasets import DatasetError, dataset_dir, datasets_root
+from rrf_ray.data.minari_io import DatasetError, dataset_dir, datasets_root
 from rrf_ray.data.windows import Normalizer, TrajectoryWindows, load_windows
-from rrf_ray.locomotion.config import LocomotionSweepSpec
+from rrf_ray.locomotion.spec import LocomotionSweepSpec
 
 ROLES = ("base", "expert")
 

@@ -10,7 +10,6 @@ checkpoints (a run rebuilt with the same storage path and name resumes).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +21,22 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
-from rrf_ray.checkpoints import (LocalRun, adam, as_directory, make_ema, read_checkpoint, report_metrics,
-                                 report_with_checkpoint, restore_training, training_state)
-from rrf_ray.config import DiffusionSpec, ResourceSpec, RewardSpec
 from rrf_ray.diffusion.model import apply_conditioning
-from rrf_ray.locomotion.config import DiscriminatorSpec
-from rrf_ray.ray_utils import fit_training_run, prepare_model, say, train_worker_setup
+from rrf_ray.diffusion.spec import DiffusionSpec
+from rrf_ray.engine.checkpoints import (
+    LocalRun,
+    adam,
+    as_directory,
+    make_ema,
+    read_checkpoint,
+    restore_training,
+    training_state,
+)
+from rrf_ray.engine.spec import ResourceSpec
+from rrf_ray.engine.training import TrainingLoop, fit_training_run, prepare_model, train_worker_setup
+from rrf_ray.locomotion.spec import DiscriminatorSpec
 from rrf_ray.rrf.reward_nets import build_reward_net, reward_config
+from rrf_ray.rrf.spec import RewardSpec
 
 KIND = "discriminator"
 
@@ -102,51 +110,35 @@ def train_loop_per_worker(config: dict) -> None:
     ema = make_ema(net, spec.ema_decay)
     optimizer = adam(net.parameters(), spec.learning_rate)
     state = restore_training(KIND, net, ema, optimizer, job.local_run)
-    step = resumed_from = int(state["step"]) if state else 0
     ema.to(device)
     model = prepare_model(net, job.local_run)
     net = _unwrap(model)
     half = max(1, spec.batch_size // (2 * world))
-    config_json = {**reward_config(job.reward, base.horizon, base.transition_dim, job.normalizer), "kind": KIND}
-    if rank == 0:
-        say(f"[{job.label}] {'resuming at step %d' % step if step else 'starting'}: {spec.train_steps} steps, "
-            f"batch {2 * half} x {world} worker(s) on {device}")
 
-    def report(metrics, with_checkpoint):
-        if with_checkpoint:
-            metrics["val_accuracy"] = accuracy(ema.module, val_base, val_expert, device)
-            report_with_checkpoint(metrics, rank, config_json, lambda: training_state(net, ema, optimizer, step),
-                                   job.local_run)
-        else:
-            report_metrics(metrics, job.local_run)
-
-    if step >= spec.train_steps:
-        report({"step": step, "loss": float("nan"), "resumed_from_step": resumed_from}, True)
-        return
-    losses, t_last = [], time.perf_counter()
-    while step < spec.train_steps:
+    def step(i: int):
         x0 = torch.from_numpy(np.concatenate([base.sample(rng, half), expert.sample(rng, half)])).to(device)
         labels = torch.cat([torch.zeros(half), torch.ones(half)]).to(device)
         t = torch.randint(0, job.diffusion.n_timesteps, (len(x0),), generator=generator).to(device)
         loss = bce_loss(model, noised(x0, t, scheduler, base.action_dim, generator), t, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[{job.label}] discriminator loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         ema.update_parameters(net)
-        step += 1
-        losses.append(loss.item())
-        last = step == spec.train_steps
-        if step % spec.log_every == 0 or step % spec.checkpoint_every == 0 or last:
-            now = time.perf_counter()
-            metrics = {"step": step, "loss": float(np.mean(losses)), "resumed_from_step": resumed_from,
-                       "samples_per_s": len(losses) * 2 * half * world / max(now - t_last, 1e-9)}
-            losses, t_last = [], now
-            report(metrics, step % spec.checkpoint_every == 0 or last)
-            if rank == 0:
-                acc = f" val_acc {metrics['val_accuracy']:.3f}" if "val_accuracy" in metrics else ""
-                say(f"[{job.label}] step {step}/{spec.train_steps} bce {metrics['loss']:.4f}{acc}")
+        return loss, {}
+
+    def progress(metrics: dict) -> str:
+        acc = f" val_acc {metrics['val_accuracy']:.3f}" if "val_accuracy" in metrics else ""
+        return f"bce {metrics['loss']:.4f}{acc}"
+
+    loop = TrainingLoop(
+        label=job.label, loss_name="discriminator", total_steps=spec.train_steps, log_every=spec.log_every,
+        checkpoint_every=spec.checkpoint_every, batch=2 * half, world=world, rank=rank, device=device,
+        checkpoint_config={**reward_config(job.reward, base.horizon, base.transition_dim, job.normalizer),
+                           "kind": KIND},
+        checkpoint_state=lambda at: training_state(net, ema, optimizer, at), progress=progress,
+        validate=lambda: {"val_accuracy": accuracy(ema.module, val_base, val_expert, device)},
+        local_run=job.local_run, steady_throughput=False)
+    loop.run(step, int(state["step"]) if state else 0)
 
 
 def train_discriminator(base, expert, val_base: np.ndarray, val_expert: np.ndarray, spec: DiscriminatorSpec,

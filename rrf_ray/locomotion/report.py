@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rrf_ray.atomic import write_atomic
-from rrf_ray.locomotion.rollouts import standard_error
+from rrf_ray.engine.atomic import write_atomic
+from rrf_ray.metrics.intervals import standard_error
 
 # SPEC section 5: the paper's Table 1 (unsteered, discriminator, relative reward).
 PAPER_TABLE1 = {"halfcheetah": (30.38, 30.41, 31.65), "hopper": (24.67, 25.12, 27.04),
@@ -131,7 +131,7 @@ def plot_score_vs_omega(results: list[dict], path) -> Path:
     """One panel per environment: each steered method's score against ω (best t_stopgrad per ω)."""
     from matplotlib.figure import Figure
 
-    from rrf_ray.eval.heatmap import save_figure_atomic
+    from rrf_ray.engine.report import save_figure_atomic
 
     table = settings(results)
     envs = sorted({s.env for s in table.values()}) or ["(no results)"]

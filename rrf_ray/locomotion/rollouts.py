@@ -14,17 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rrf_ray.config import GuidanceSpec
+from rrf_ray.diffusion.spec import GuidanceSpec
+from rrf_ray.metrics.intervals import standard_error
 
 
 def d4rl_score(returns, ref_min: float, ref_max: float) -> np.ndarray:
     """D4RL normalised score 100 (R - min) / (max - min) (SPEC section 5)."""
     return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
-
-
-def standard_error(values) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 @dataclass

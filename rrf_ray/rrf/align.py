@@ -12,7 +12,6 @@ this double backward.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +23,19 @@ import ray.train.torch
 import torch
 import torch.nn.functional as F
 
-from rrf_ray.checkpoints import (LocalRun, adam, make_ema, report_metrics, report_with_checkpoint, restore_training,
-                                 training_state)
-from rrf_ray.config import RewardSpec, ResourceSpec
-from rrf_ray.ray_utils import dataset_shard, fit_training_run, quiet_ray_data, say, train_worker_setup
+from rrf_ray.engine.checkpoints import (
+    LocalRun,
+    adam,
+    make_ema,
+    restore_training,
+    training_state,
+)
+from rrf_ray.engine.ray_runtime import quiet_ray_data
+from rrf_ray.engine.spec import ResourceSpec
+from rrf_ray.engine.training import TrainingLoop, dataset_shard, fit_training_run, train_worker_setup
 from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_gradient, sample_reward_config
 from rrf_ray.rrf.shards import Manifest, read_triples, verify_shards
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The alignment loss became NaN or infinite; the message says at which step."""
+from rrf_ray.rrf.spec import RewardSpec
 
 
 @dataclass
@@ -153,80 +155,56 @@ def align_loop_per_worker(config: dict) -> None:
     quiet_ray_data()
     torch.manual_seed(job.seed)  # same initial weights on every worker
 
-    # A job pickled by code from before sample_shape carries (horizon, transition_dim) instead.
-    sample_shape = tuple(getattr(job, "sample_shape", None) or (job.horizon, job.transition_dim))
+    sample_shape = tuple(job.sample_shape)
     net = build_reward_net(spec, *sample_shape)
     ema = make_ema(net, spec.ema_decay)
     optimizer = adam(net.parameters(), spec.learning_rate)
     state = restore_training(KIND, net, ema, optimizer, job.local_run)
-    step = resumed_from = int(state["step"]) if state else 0
+    start = int(state["step"]) if state else 0
     net.to(device)
     ema.to(device)
     train_shard = dataset_shard("train", job.local_run)
     batch = max(1, spec.batch_size // world)
     val = ValidationBatches(dataset_shard("val", job.local_run), batch, spec.val_batches, device) \
         if job.has_val else None
-    config_json = sample_reward_config(spec, sample_shape, job.normalizer)
-    if rank == 0:
-        what = f"resuming at step {step}" if resumed_from else "starting"
-        say(f"[{job.label}] {what}: {spec.train_steps} steps, batch {batch} x {world} worker(s) on {device}")
 
-    def checkpoint_state():
-        return training_state(net, ema, optimizer, step)
+    def batches():
+        """Epoch after epoch; the source (and its seeded shuffle) made at the first step, not for a finished run."""
+        source = EpochSource(train_shard, batch, device, job.cache, seed=job.seed * 1009 + rank + start)
+        while True:
+            yield from source.epoch()
 
-    def report(metrics: dict, with_checkpoint: bool) -> None:
-        if with_checkpoint:
-            if val is not None:
-                metrics.update(validate(ema.module, val, device))
-            report_with_checkpoint(metrics, rank, config_json, checkpoint_state, job.local_run)
-        else:
-            report_metrics(metrics, job.local_run)
+    data = batches()
 
-    if step >= spec.train_steps:  # rebuilt after it had finished: hand back the final checkpoint
-        report({"step": step, "loss": float("nan"), "resumed_from_step": resumed_from}, True)
-        return
-    losses, cosines, t_last, steady = [], [], time.perf_counter(), None
-    source = EpochSource(train_shard, batch, device, job.cache, seed=job.seed * 1009 + rank + step)
-    while step < spec.train_steps:
-        for data in source.epoch():
-            loss, grad, target = alignment_terms(net, data, device, create_graph=True)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"[{job.label}] reward alignment loss is {loss.item()} at step {step}: "
-                                         "stopping (lower reward.learning_rate or set reward.grad_clip)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if world > 1:
-                for p in net.parameters():
-                    if p.grad is not None:
-                        torch.distributed.all_reduce(p.grad)
-                        p.grad /= world
-            if spec.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip)
-            optimizer.step()
-            ema.update_parameters(net)
-            step += 1
-            losses.append(loss.item())
-            cosines.append(mean_cosine(grad.detach(), target).item())
-            last = step == spec.train_steps
-            if step % spec.log_every == 0 or step % spec.checkpoint_every == 0 or last:
-                now = time.perf_counter()
-                metrics = {"step": step, "loss": float(np.mean(losses)), "cosine": float(np.mean(cosines)),
-                           "samples_per_s": len(losses) * batch * world / max(now - t_last, 1e-9),
-                           "resumed_from_step": resumed_from}
-                if steady is None:
-                    steady = (now, step)
-                else:
-                    metrics["steady_samples_per_s"] = (step - steady[1]) * batch * world / (now - steady[0])
-                losses, cosines, t_last = [], [], now
-                with_checkpoint = step % spec.checkpoint_every == 0 or last
-                report(metrics, with_checkpoint)
-                if rank == 0:
-                    extra = f" val_loss {metrics['val_loss']:.5f} val_cos {metrics['val_cosine']:.3f}" \
-                        if "val_loss" in metrics else ""
-                    say(f"[{job.label}] step {step}/{spec.train_steps} loss {metrics['loss']:.5f} "
-                        f"cos {metrics['cosine']:.3f}{extra} ({metrics['samples_per_s']:.0f} samples/s)")
-            if last:
-                break
+    def step(i: int):
+        loss, grad, target = alignment_terms(net, next(data), device, create_graph=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            for p in net.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+        if spec.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip)
+        optimizer.step()
+        ema.update_parameters(net)
+        return loss, {"cosine": mean_cosine(grad.detach(), target).item()}
+
+    def progress(metrics: dict) -> str:
+        extra = f" val_loss {metrics['val_loss']:.5f} val_cos {metrics['val_cosine']:.3f}" \
+            if "val_loss" in metrics else ""
+        return (f"loss {metrics['loss']:.5f} cos {metrics['cosine']:.3f}{extra} "
+                f"({metrics['samples_per_s']:.0f} samples/s)")
+
+    loop = TrainingLoop(
+        label=job.label, loss_name="reward alignment", total_steps=spec.train_steps, log_every=spec.log_every,
+        checkpoint_every=spec.checkpoint_every, batch=batch, world=world, rank=rank, device=device,
+        checkpoint_config=sample_reward_config(spec, sample_shape, job.normalizer),
+        checkpoint_state=lambda at: training_state(net, ema, optimizer, at), progress=progress,
+        validate=(lambda: validate(ema.module, val, device)) if val is not None else None,
+        advice="lower reward.learning_rate or set reward.grad_clip", local_run=job.local_run)
+    loop.run(step, start)
 
 
 def shard_datasets(shard_dir, materialize: bool | None = None, remote=None) -> tuple[dict, Manifest]:

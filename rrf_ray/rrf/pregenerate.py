@@ -26,10 +26,9 @@ import numpy as np
 import ray
 import torch
 
-from rrf_ray.config import PregenSpec
 from rrf_ray.diffusion.model import apply_conditioning
-from rrf_ray.rrf.shards import (Manifest, ShardError, run_shard_tasks, shard_is_intact, triples_table,
-                                write_shard)
+from rrf_ray.rrf.shards import Manifest, ShardError, run_shard_tasks, shard_is_intact, triples_table, write_shard
+from rrf_ray.rrf.spec import PregenSpec
 
 _MODELS: dict[str, object] = {}
 

@@ -1,8 +1,8 @@
 """Reward networks rho(x, t) on normalised windows (B, H, D) and diffusion steps t (B,).
 
-All are smooth (Mish), since training differentiates their input-gradient again. The
-image experiment's convolutional reward over (B, C, H, W) latents lives in
-`rrf_ray.image.reward`; `build_reward_net` and `load_reward` reach it by its kind.
+All are smooth (Mish), since training differentiates their input-gradient again. One
+registry (`build_reward_net`, by `spec.kind`) holds them all: the window MLP and value U-Net
+over windows, and the convolutional `latent_conv` reward over (B, C, H, W) image latents.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import UNet1DModel
 from torch import nn
 
-from rrf_ray.config import RewardSpec
+from rrf_ray.rrf.spec import LatentRewardSpec, RewardSpec
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -97,12 +97,76 @@ class ValueUNetReward(nn.Module):
         return self.net(x.transpose(1, 2), t).sample.squeeze(-1)
 
 
+# -- latent_conv: (C, H, W) latents (the image experiment) ---------------------------------
+# A small U-Net encoder: residual conv blocks (GroupNorm, Mish) whose features are shifted by an
+# embedding of t, halving the resolution between levels, then global average pooling and an MLP
+# head to a scalar.
+
+def _groups(channels: int) -> int:
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+class TimeResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, t_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(_groups(c_in), c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.t_proj = nn.Linear(t_dim, c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(_groups(c_out), c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.act = nn.Mish()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x))) + self.t_proj(temb)[:, :, None, None]
+        h = self.conv2(self.act(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class LatentConvReward(nn.Module):
+    def __init__(self, sample_shape, dim: int = 32, dim_mults=(1, 2, 4, 4), t_embed_dim: int = 32, hidden=(128,)):
+        super().__init__()
+        if len(sample_shape) != 3:
+            raise ValueError(f"latent_conv scores (C, H, W) latents, got samples of shape {tuple(sample_shape)}")
+        channels, height, width = sample_shape
+        if min(height, width) < 2 ** (len(dim_mults) - 1):
+            raise ValueError(f"latent_conv: {len(dim_mults)} levels halve {height}x{width} latents below 1x1; "
+                             "use fewer unet_dim_mults")
+        self.sample_shape = tuple(sample_shape)
+        self.time = SinusoidalTimeEmbedding(t_embed_dim)
+        widths = [dim * m for m in dim_mults]
+        self.stem = nn.Conv2d(channels, widths[0], 3, padding=1)
+        self.blocks, self.down = nn.ModuleList(), nn.ModuleList()
+        c = widths[0]
+        for i, w in enumerate(widths):
+            self.blocks.append(TimeResBlock(c, w, t_embed_dim))
+            self.down.append(nn.Conv2d(w, w, 3, stride=2, padding=1) if i < len(widths) - 1 else nn.Identity())
+            c = w
+        self.norm = nn.GroupNorm(_groups(c), c)
+        layers, width = [], c + t_embed_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.Mish()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        temb = self.time(t)
+        h = self.stem(x)
+        for block, down in zip(self.blocks, self.down):
+            h = down(block(h, temb))
+        pooled = nn.functional.mish(self.norm(h)).mean(dim=(2, 3))
+        return self.head(torch.cat([pooled, temb], dim=-1)).squeeze(-1)
+
+
+def build_latent_reward(spec, sample_shape) -> LatentConvReward:
+    """The net of a LatentRewardSpec."""
+    return LatentConvReward(sample_shape, spec.unet_dim, tuple(spec.unet_dim_mults), spec.t_embed_dim,
+                            tuple(spec.hidden))
+
+
 def build_reward_net(spec: RewardSpec, *sample_shape: int) -> nn.Module:
     """The net of `spec.kind` for samples of `sample_shape`: (horizon, transition_dim) windows, or
     (C, H, W) latents for the image experiment's `latent_conv`."""
-    if spec.kind == "latent_conv":  # deferred: the image package is an optional extra
-        from rrf_ray.image.reward import build_latent_reward
-
+    if spec.kind == "latent_conv":
         return build_latent_reward(spec, sample_shape)
     horizon, transition_dim = sample_shape
     if spec.kind == "window_mlp":
@@ -146,9 +210,7 @@ def sample_shape_of(config: dict) -> tuple[int, ...]:
 def reward_spec_of(config: dict) -> RewardSpec:
     """The reward spec stored in a checkpoint config, as the model of its kind."""
     if config["reward"].get("kind") == "latent_conv":
-        from rrf_ray.image.config import ImageRewardSpec
-
-        return ImageRewardSpec.model_validate(config["reward"])
+        return LatentRewardSpec.model_validate(config["reward"])
     return RewardSpec.model_validate(config["reward"])
 
 
@@ -183,7 +245,7 @@ class TrainedReward:
 
 def load_reward(path, use_ema: bool = True, device: str = "cpu") -> TrainedReward:
     """A reward network from a checkpoint directory (or a `ray.train.Checkpoint`)."""
-    from rrf_ray.checkpoints import as_directory, read_checkpoint
+    from rrf_ray.engine.checkpoints import as_directory, read_checkpoint
 
     with as_directory(path) as d:
         config, state = read_checkpoint(d, KIND)

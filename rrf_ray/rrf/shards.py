@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rrf_ray.atomic import write_atomic
+from rrf_ray.engine.atomic import write_atomic
 
 MANIFEST = "manifest.json"
 TENSOR_COLUMNS = ("x_next", "x_base", "x_expert")

@@ -1,0 +1,37 @@
+"""Specs of the trajectory diffusers and of reward guidance (SPEC sections 2 and 5)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rrf_ray.engine.spec import Strict
+
+
+class DiffusionSpec(Strict):
+    """Base/expert trajectory diffusers (SPEC section 2)."""
+
+    n_timesteps: int = Field(100, gt=0)
+    prediction: Literal["sample", "epsilon"] = "sample"
+    clip_denoised: bool = True
+    dim: int = Field(32, gt=0)
+    dim_mults: list[int] = Field(default_factory=lambda: [1, 4, 8], min_length=1)
+    learning_rate: float = Field(2e-4, gt=0.0)
+    batch_size: int = Field(128, gt=0)
+    train_steps: int = Field(500_000, gt=0)
+    ema_decay: float = Field(0.995, ge=0.0, le=1.0)
+    ema_every: int = Field(10, gt=0)
+    ema_start: int = Field(2000, ge=0)
+    action_weight: float = Field(1.0, gt=0.0)
+    checkpoint_every: int = Field(10_000, gt=0)
+    log_every: int = Field(100, gt=0, description="steps between progress lines and metric reports")
+
+
+class GuidanceSpec(Strict):
+    """Classifier guidance by a reward rho (SPEC section 5): x <- x + scale * grad rho(x, t)."""
+
+    scale: float = Field(0.0, description="guidance scale omega")
+    n_guide_steps: int = Field(1, ge=1)
+    t_stopgrad: int = Field(0, ge=0, description="no guidance for diffusion steps t < t_stopgrad")
+    scale_grad_by_std: bool = Field(True, description="multiply the gradient by the posterior variance")

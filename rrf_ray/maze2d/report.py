@@ -1,0 +1,415 @@
+"""Sweep report: our Maze2D numbers beside the paper's, from whatever trials finished.
+
+A sweep directory holds the list of expected trials and one result per trial that ran.
+The report is rebuilt from those files alone, so it can be made while a sweep is still
+running or after it died half-way; trials that failed or never wrote a result are
+listed, not silently dropped, and every rate says how many trials it is over.
+
+    SWEEP_DIR/trials.json                      [{"trial_id", "maze", "goal", "seed"}, ...]
+    SWEEP_DIR/trials/<trial_id>/result.json    {"trial_id", "maze", "goal", "seed", "status",
+                                                "error", "metrics"}
+    SWEEP_DIR/trials/<trial_id>/heatmap.npz    (ok trials)
+
+A trials.json entry may also carry "layout" and "goals" for a maze that is not built in,
+so its figure shows walls and the goal; without them such a maze is drawn bare.
+
+Rebuilt by `python -m rrf_ray.report SWEEP_DIR` (report.md, results.csv, figures/<maze>.png).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rrf_ray.engine.atomic import write_atomic
+from rrf_ray.engine.report import save_figure_atomic
+from rrf_ray.maze2d.heatmap import Heatmap, plot_heatmap
+from rrf_ray.maze2d.mazes import DEFAULT_LAYOUTS, Maze, MazeError
+from rrf_ray.metrics.intervals import rate_with_interval
+
+TRIALS_FILE, RESULT_FILE, HEATMAP_FILE = "trials.json", "result.json", "heatmap.npz"
+METRIC_FIELDS = ["goal_recovered", "goal_distance", "peak_x", "peak_y", "accuracy", "roc_auc", "erc",
+                 "n_base_windows", "n_expert_windows"]
+PHASE_FIELDS = ["expert_s", "pregen_s", "reward_s", "eval_s"]  # wall-clock seconds per trial phase
+CSV_FIELDS = (["trial_id", "maze", "goal", "goal_row", "goal_col", "seed", "status", "error"] + METRIC_FIELDS
+              + PHASE_FIELDS)
+GROUPS = {"open+umaze": ("open", "umaze"), "medium+large": ("medium", "large")}
+
+# The paper's Maze2D numbers (SPEC section 4).
+PAPER_RECOVERY = {"open+umaze": "78.75% ± 8.96", "medium+large": "77.50% ± 9.15", "all": "78.12% ± 6.40"}
+PAPER_ACCURACY = {"mean": "83.76%", "median": "84.49%", "range": "65.33–97.26%"}
+NOT_REPORTED = "—"
+
+
+class ReportError(ValueError):
+    """A sweep directory the report cannot read; the CLI exits 2."""
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    maze: str
+    goal: int
+    seed: int
+    status: str  # ok | failed | missing
+    error: str | None
+    metrics: dict | None
+    entry: dict  # the trials.json entry
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+# -- reading ------------------------------------------------------------------------
+
+def load_trials(sweep_dir) -> list[Trial]:
+    """Every expected trial, joined with its result.json if there is one."""
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / TRIALS_FILE
+    if not path.is_file():
+        raise ReportError(f"{sweep_dir} has no {TRIALS_FILE}; is it a sweep directory?")
+    try:
+        expected = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: cannot read the trial list: {e}") from None
+    if not isinstance(expected, list):
+        raise ReportError(f"{path}: expected a JSON list of trials, got {type(expected).__name__}")
+    trials = []
+    for i, entry in enumerate(expected):
+        try:
+            tid, maze, goal, seed = entry["trial_id"], str(entry["maze"]), int(entry["goal"]), int(entry["seed"])
+        except (TypeError, KeyError, ValueError) as e:
+            raise ReportError(f"{path}: entry {i} needs trial_id, maze, goal and seed ({e!r})") from None
+        trials.append(_with_result(sweep_dir, Trial(tid, maze, goal, seed, "missing", None, None, entry)))
+    return trials
+
+
+def _with_result(sweep_dir: Path, trial: Trial) -> Trial:
+    path = sweep_dir / "trials" / trial.trial_id / RESULT_FILE
+    if not path.is_file():
+        return trial
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        trial.status, trial.error = "failed", f"unreadable {RESULT_FILE}: {e}"
+        return trial
+    status = result.get("status")
+    metrics = result.get("metrics")
+    if status == "ok" and isinstance(metrics, dict):
+        trial.status, trial.metrics = "ok", metrics
+    elif status == "ok":
+        trial.status, trial.error = "failed", f"{RESULT_FILE} says ok but has no metrics"
+    else:
+        trial.status = "failed"
+        trial.error = result.get("error") or f"status {status!r} without an error message"
+    return trial
+
+
+def maze_of(trial: Trial, spec_mazes: dict[str, Maze] | None = None) -> Maze | None:
+    """The trial's maze: the sweep spec's (its goals as run, moved or drawn), else its entry's
+    layout/goals, else the built-in table, else unknown."""
+    if spec_mazes and trial.maze in spec_mazes:
+        return spec_mazes[trial.maze]
+    entry = trial.entry
+    try:
+        if entry.get("layout") is not None and entry.get("goals") is not None:
+            return Maze(trial.maze, tuple(entry["layout"]), tuple(tuple(float(v) for v in g) for g in entry["goals"]))
+        if trial.maze in DEFAULT_LAYOUTS:
+            return Maze.default(trial.maze)
+    except (MazeError, TypeError, ValueError):
+        return None
+    return None
+
+
+def read_sweep_spec(sweep_dir: Path):
+    """The Maze2DSpec in the sweep's spec.json, or None (no file, or another experiment's)."""
+    from pydantic import ValidationError
+
+    from rrf_ray.maze2d.spec import Maze2DSpec
+
+    try:
+        return Maze2DSpec.model_validate_json((Path(sweep_dir) / "spec.json").read_text())
+    except (OSError, ValidationError):
+        return None
+
+
+def spec_mazes(spec) -> dict[str, Maze]:
+    """The mazes of a Maze2DSpec (None: none), goals as run."""
+    return {name: spec.maze(name) for name in spec.mazes} if spec is not None else {}
+
+
+# -- numbers ------------------------------------------------------------------------
+
+def _metric(trials: list[Trial], name: str) -> np.ndarray:
+    vals = [t.metrics.get(name) for t in trials if t.ok]
+    return np.array([float(v) for v in vals if v is not None and math.isfinite(float(v))], dtype=np.float64)
+
+
+def _fmt_rate(trials: list[Trial]) -> str:
+    done = [t for t in trials if t.ok]
+    if not done:
+        return "no completed trials"
+    successes = [bool(t.metrics.get("goal_recovered")) for t in done]
+    p, hw = rate_with_interval(successes)
+    return f"{100 * p:.2f}% ± {100 * hw:.2f} ({sum(successes)}/{len(done)})"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%" if math.isfinite(x) else NOT_REPORTED
+
+
+def _num(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else NOT_REPORTED
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _group_trials(trials: list[Trial]) -> dict[str, tuple[list[Trial], list[str]]]:
+    """open+umaze, medium+large (only the mazes present) and all: (trials, maze names)."""
+    out = {}
+    for group, names in GROUPS.items():
+        members = [t for t in trials if t.maze in names]
+        out[group] = (members, [n for n in names if any(t.maze == n for t in members)])
+    out["all"] = (trials, _maze_order(trials))
+    return out
+
+
+def _maze_order(trials: list[Trial]) -> list[str]:
+    return list(dict.fromkeys(t.maze for t in trials))
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "maze"
+
+
+# -- writing ------------------------------------------------------------------------
+
+def write_results_csv(trials: list[Trial], path: Path, mazes: dict[str, Maze] | None = None) -> Path:
+    """One row per expected trial, with its goal's position as run (maze units)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for t in trials:
+        goal_rc = _goal_rowcol(maze_of(t, mazes), t.goal)
+        row = {"trial_id": t.trial_id, "maze": t.maze, "goal": t.goal, "goal_row": goal_rc[0], "goal_col": goal_rc[1],
+               "seed": t.seed, "status": t.status, "error": t.error or ""}
+        for f in METRIC_FIELDS + PHASE_FIELDS:
+            row[f] = "" if t.metrics is None or t.metrics.get(f) is None else t.metrics[f]
+        writer.writerow(row)
+    return write_atomic(path, buf.getvalue())
+
+
+def write_maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], path: Path,
+                      maze: Maze | None = None) -> Path:
+    """figures/MAZE.png: see maze_figure."""
+    return save_figure_atomic(maze_figure(sweep_dir, maze_name, trials, maze), path, dpi=80)
+
+
+def maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], maze: Maze | None = None):
+    """Heatmaps of one maze (`maze`: its layout and goals as run, else looked up from the trial):
+    goals as rows, seeds as columns; failed/missing panels labelled."""
+    from matplotlib.figure import Figure
+
+    goals = sorted({t.goal for t in trials})
+    seeds = sorted({t.seed for t in trials})
+    by_key = {(t.goal, t.seed): t for t in trials}
+    maze = maze if maze is not None else maze_of(trials[0])
+    aspect = maze.height / maze.width if maze is not None else 1.0
+    panel_w = 3.2
+    fig = Figure(figsize=(panel_w * len(seeds), (panel_w * aspect + 0.6) * len(goals)), layout="constrained")
+    axes = fig.subplots(len(goals), len(seeds), squeeze=False)
+    for i, goal in enumerate(goals):
+        for j, seed in enumerate(seeds):
+            ax = axes[i][j]
+            trial = by_key.get((goal, seed))
+            if trial is None:
+                ax.axis("off")
+                continue
+            heatmap_path = sweep_dir / "trials" / trial.trial_id / HEATMAP_FILE
+            label = f"goal {goal}, seed {seed}"
+            if trial.ok and heatmap_path.is_file():
+                m = trial.metrics
+                peak = np.array([m.get("peak_x", np.nan), m.get("peak_y", np.nan)], dtype=np.float64)
+                goal_xy = _goal_xy(maze, goal)
+                verdict = "recovered" if m.get("goal_recovered") else "not recovered"
+                dist = m.get("goal_distance")
+                dist_text = f", d={dist:.2f}" if dist is not None and math.isfinite(float(dist)) else ""
+                plot_heatmap(Heatmap.from_npz(heatmap_path), maze, goal_xy, peak_xy=peak, ax=ax,
+                             title=f"{label}: {verdict}{dist_text}")
+            else:
+                status = trial.status if not trial.ok else "no heatmap"
+                ax.text(0.5, 0.5, status, ha="center", va="center", fontsize=14, color="firebrick",
+                        transform=ax.transAxes)
+                ax.set_title(label, fontsize=9)
+                ax.set_box_aspect(aspect)
+                ax.set_xticks([])
+                ax.set_yticks([])
+    fig.suptitle(f"{maze_name}: learned reward heatmaps (green star = goal, white x = peak)")
+    return fig
+
+
+def _goal_rowcol(maze: Maze | None, goal: int) -> tuple:
+    try:
+        return maze.goal(goal) if maze is not None else ("", "")
+    except MazeError:
+        return ("", "")
+
+
+def _goal_xy(maze: Maze | None, goal: int):
+    if maze is None:
+        return None
+    try:
+        return maze.goal_xy(goal)
+    except MazeError:
+        return None
+
+
+def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Path, spec=None) -> str:
+    """report.md; `spec`: the sweep's Maze2DSpec from spec.json, if it has one (recipe, goals as run)."""
+    done = [t for t in trials if t.ok]
+    failed = [t for t in trials if t.status == "failed"]
+    missing = [t for t in trials if t.status == "missing"]
+    groups = _group_trials(trials)
+    acc, auc, erc_vals = _metric(trials, "accuracy"), _metric(trials, "roc_auc"), _metric(trials, "erc")
+
+    lines = [
+        f"# Maze2D sweep report: {sweep_dir.name}",
+        "",
+        f"{len(done)} of {len(trials)} expected trials completed "
+        f"({len(failed)} failed, {len(missing)} missing). "
+        "Rates and means are over completed trials; intervals are p̂ ± 1.96·sqrt(p̂(1−p̂)/n).",
+        "",
+        "Protocol (SPEC section 4): held-out windows only; goal recovered when the smoothed "
+        "heatmap's peak lies within 0.75 maze units of the goal; discriminability scored on a "
+        "held-out half.",
+        "",
+        *recipe_lines(spec),
+        "## Paper vs ours",
+        "",
+        "| metric | paper | ours |",
+        "|---|---|---|",
+    ]
+    for group, (members, present) in groups.items():
+        label = f"goal recovery, {group}"
+        if group != "all":
+            label += f" (mazes here: {', '.join(present) if present else 'none'})"
+        lines.append(f"| {label} | {PAPER_RECOVERY[group]} | {_fmt_rate(members)} |")
+    lines += [
+        f"| discriminability accuracy, mean | {PAPER_ACCURACY['mean']} | {_pct(_mean(acc))} |",
+        f"| discriminability accuracy, median | {PAPER_ACCURACY['median']} | "
+        f"{_pct(float(np.median(acc))) if acc.size else NOT_REPORTED} |",
+        f"| discriminability accuracy, range | {PAPER_ACCURACY['range']} | "
+        f"{f'{_pct(acc.min())}–{_pct(acc.max())}' if acc.size else NOT_REPORTED} |",
+        f"| discriminability ROC AUC, mean | {NOT_REPORTED} | {_num(_mean(auc))} |",
+        f"| ERC (Pearson distance to −distance-to-goal), mean | {NOT_REPORTED} | {_num(_mean(erc_vals))} |",
+        "",
+        "## Per maze",
+        "",
+        "| maze | expected | completed | failed | missing | goal recovery | mean peak distance "
+        "| accuracy mean | ROC AUC mean | ERC mean |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in _maze_order(trials):
+        ts = [t for t in trials if t.maze == name]
+        lines.append(
+            f"| {name} | {len(ts)} | {sum(t.ok for t in ts)} | {sum(t.status == 'failed' for t in ts)} "
+            f"| {sum(t.status == 'missing' for t in ts)} | {_fmt_rate(ts)} | {_num(_mean(_metric(ts, 'goal_distance')), 2)} "
+            f"| {_pct(_mean(_metric(ts, 'accuracy')))} | {_num(_mean(_metric(ts, 'roc_auc')))} "
+            f"| {_num(_mean(_metric(ts, 'erc')))} |"
+        )
+    lines += per_goal_lines(trials, spec)
+    lines += ["", "## Heatmaps", "",
+              "Rows are goals, columns seeds; green star = true goal, white x = learned peak.", ""]
+    for name, rel in figures.items():
+        lines += [f"### {name}", "", f"![{name} heatmaps]({rel})", ""]
+    lines += ["## Failed trials", ""]
+    if failed:
+        for t in failed:
+            lines.append(f"- `{t.trial_id}` (maze {t.maze}, goal {t.goal}, seed {t.seed}): {_one_line(t.error)}")
+    else:
+        lines.append("None.")
+    lines += ["", "## Missing trials", ""]
+    if missing:
+        lines.append("Expected but no result.json was written:")
+        lines.append("")
+        for t in missing:
+            lines.append(f"- `{t.trial_id}` (maze {t.maze}, goal {t.goal}, seed {t.seed})")
+    else:
+        lines.append("None.")
+    lines += ["", "Full per-trial numbers and errors: [results.csv](results.csv).", ""]
+    return "\n".join(lines)
+
+
+def per_goal_lines(trials: list[Trial], spec) -> list[str]:
+    """Every trial's goal position (as run: moved or drawn goals included), verdict and peak distance."""
+    mazes = spec_mazes(spec)
+    lines = ["", "## Per goal", ""]
+    if spec is not None:
+        for name, m in spec.mazes.items():
+            if m.random_goals is not None:
+                r = m.random_goals
+                lines.append(f"Goals of {name} drawn uniformly inside free cells: {r.random} with seed {r.seed} "
+                             f"(margin {r.margin}).")
+        if lines[-1]:
+            lines.append("")
+    lines += ["| trial | goal (row, col) | recovered | peak distance | accuracy | ERC |", "|---|---|---|---|---|---|"]
+    for t in trials:
+        rc = _goal_rowcol(maze_of(t, mazes), t.goal)
+        where = f"({rc[0]:g}, {rc[1]:g})" if rc[0] != "" else NOT_REPORTED
+        if not t.ok:
+            lines.append(f"| {t.trial_id} | {where} | {t.status} | {NOT_REPORTED} | {NOT_REPORTED} | {NOT_REPORTED} |")
+            continue
+        m = t.metrics
+        lines.append(f"| {t.trial_id} | {where} | {'yes' if m.get('goal_recovered') else 'no'} "
+                     f"| {_num(float(m.get('goal_distance', math.nan)), 2)} | {_pct(float(m.get('accuracy', math.nan)))} "
+                     f"| {_num(float(m.get('erc', math.nan)))} |")
+    return lines
+
+
+def recipe_lines(spec) -> list[str]:
+    """What produced these numbers, from the sweep's Maze2DSpec (none without a Maze2D spec.json):
+    the profiles differ from the paper in exactly these settings, so the report says which."""
+    if spec is None:
+        return []
+    w, d, r, horizon = spec.windows, spec.diffusion, spec.reward, spec.evaluation.horizon
+    scored = f"{horizon} rows long" if horizon else "whole"
+    return [f"Recipe (spec.json): windows of {w.horizon} rows, one every {w.stride} steps; "
+            f"diffusers T = {d.n_timesteps}, base {d.train_steps:,} steps, experts {spec.expert.describe(d)}; "
+            f"triples by {spec.pregen.describe()}; reward {r.kind} {r.hidden}, {r.train_steps:,} steps; "
+            f"held-out windows scored {scored}.", ""]
+
+
+def _one_line(error: str | None, limit: int = 300) -> str:
+    """The last non-empty line of an error (a traceback's message), shortened, safe in a table."""
+    if not error:
+        return "(no error message)"
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[-1] if lines else str(error)
+    text = text.replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_report(sweep_dir) -> Path:
+    """Write report.md, results.csv and figures/<maze>.png into `sweep_dir`; returns report.md's path."""
+    sweep_dir = Path(sweep_dir)
+    trials = load_trials(sweep_dir)
+    spec = read_sweep_spec(sweep_dir)
+    mazes = spec_mazes(spec)
+    write_results_csv(trials, sweep_dir / "results.csv", mazes)
+    figures = {}
+    for name in _maze_order(trials):
+        rel = f"figures/{_safe_name(name)}.png"
+        ts = [t for t in trials if t.maze == name]
+        write_maze_figure(sweep_dir, name, ts, sweep_dir / rel, maze_of(ts[0], mazes))
+        figures[name] = rel
+    return write_atomic(sweep_dir / "report.md", render_markdown(trials, figures, sweep_dir, spec))

@@ -1,0 +1,310 @@
+"""The Maze2D relative-reward sweep (`experiment: maze2d`), as its list of stages on the engine.
+
+Stages, each idempotent (content-addressed artifacts under the sweep directory):
+  1. datasets: base + expert Minari datasets of every maze (Ray tasks);
+  2. base diffusers: one per maze (or per maze and seed), a Tune grid of Ray Train runs;
+  3. trials: a Tune grid over maze x goal x seed; each trains the expert diffuser,
+     pre-generates triples to Parquet, trains the reward on them through Ray Data and
+     evaluates it on held-out windows, reporting every metric to Tune;
+  4. the report (report.md, results.csv, figures).
+`--resume` restores every stage from its state (Tuner.restore, resume_errored) and
+reuses finished artifacts, so completed trials are not recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from rrf_ray.engine.artifacts import artifact_key
+from rrf_ray.engine.atomic import write_atomic
+from rrf_ray.engine.stages import (
+    PhaseTimer,
+    SweepPaths,
+    publish_checkpoint,
+    raise_if_any_failed,
+    recorded_trial,
+    run_stage,
+    tune_report_callbacks,
+    write_sweep_files,
+)
+from rrf_ray.engine.storage import SweepStorage
+from rrf_ray.maze2d.spec import Maze2DSpec
+
+STAGE_BASE, STAGE_TRIALS = "stage2-base-diffusers", "stage3-trials"
+
+
+def goals_of(spec: Maze2DSpec, maze: str) -> list[int]:
+    return spec.goals or list(range(1, len(spec.mazes[maze].goals) + 1))
+
+
+def trial_id(maze: str, goal: int, seed: int) -> str:
+    return f"{maze}-goal{goal}-seed{seed}"
+
+
+def trial_table(spec: Maze2DSpec) -> list[dict]:
+    return [{"trial_id": trial_id(m, g, s), "maze": m, "goal": g, "seed": s}
+            for m in spec.mazes for g in goals_of(spec, m) for s in spec.seeds]
+
+
+# -- keys: exactly the spec parts that determine each artifact --------------------------
+
+def dataset_part(spec: Maze2DSpec, maze: str) -> dict:
+    return {"maze": spec.mazes[maze].model_dump(mode="json"), "data": spec.data.fingerprint(),
+            "data_seed": spec.data_seed}
+
+
+def base_key(spec: Maze2DSpec, maze: str, seed: int) -> str:
+    return artifact_key("base", dataset_part(spec, maze), spec.windows, spec.diffusion,
+                        seed if spec.base_per_seed else None)
+
+
+def expert_key(spec: Maze2DSpec, maze: str, goal: int, seed: int) -> str:
+    return artifact_key("expert", base_key(spec, maze, seed), spec.expert, goal, seed)
+
+
+def shards_key(spec: Maze2DSpec, maze: str, goal: int, seed: int) -> str:
+    return artifact_key("shards", expert_key(spec, maze, goal, seed), spec.pregen)
+
+
+def reward_key(spec: Maze2DSpec, maze: str, goal: int, seed: int) -> str:
+    return artifact_key("reward", shards_key(spec, maze, goal, seed), spec.reward)
+
+
+def result_key(spec: Maze2DSpec, maze: str, goal: int, seed: int) -> str:
+    """A trial's result.json: its reward, scored the way `evaluation` says."""
+    return artifact_key("result", reward_key(spec, maze, goal, seed), spec.evaluation)
+
+
+# -- stage 1: datasets ------------------------------------------------------------------
+
+def dataset_ids(spec: Maze2DSpec, maze: str) -> list[tuple[int | None, int]]:
+    """(goal or None for base, transitions) of every dataset a maze needs."""
+    return [(None, spec.data.base_transitions)] + [(g, spec.data.expert_transitions) for g in goals_of(spec, maze)]
+
+
+def _dataset_marker(did: str) -> str:
+    """Remote storage: this file exists once dataset `did` has been pushed in full."""
+    return f"datasets-complete/{did.replace('/', '__')}"
+
+
+def make_datasets(spec: Maze2DSpec, paths: SweepPaths, progress: bool = True) -> None:
+    from rrf_ray.maze2d.datasets import dataset_id, generate_maze2d
+
+    storage = paths.storage
+    for maze in spec.mazes:
+        for goal, n in dataset_ids(spec, maze):
+            did = dataset_id(maze, goal)
+            pushed = storage.is_remote and storage.exists(_dataset_marker(did))
+            if pushed:
+                storage.pull(f"datasets/{did}")
+            generate_maze2d(spec.maze(maze), goal, n, spec.data_seed, spec.data, root=paths.datasets,
+                            workers=spec.data.workers, progress=progress)  # reuses an identical one
+            if storage.is_remote and not pushed:
+                storage.push(f"datasets/{did}")
+                write_atomic(paths.root / _dataset_marker(did), "")
+                storage.push(_dataset_marker(did))
+
+
+def windows(spec: Maze2DSpec, paths: SweepPaths, maze: str, goal: int | None, split: str, normalizer=None,
+            for_evaluation: bool = False):
+    from rrf_ray.data.windows import load_windows
+    from rrf_ray.maze2d.datasets import dataset_id, how_to_make
+
+    w = spec.evaluation_windows if for_evaluation else spec.windows
+    paths.storage.pull(f"datasets/{dataset_id(maze, goal)}")  # remote storage: this node's copy
+    return load_windows(dataset_id(maze, goal), w.horizon, w.stride, split=split,
+                        root=paths.datasets, normalizer=normalizer or "minmax", pad_end=w.pad_end,
+                        how_to_make=how_to_make(maze, goal, paths.datasets))
+
+
+# -- stage 2 and 3 trainables (run as Tune trials) --------------------------------------
+
+
+def train_base(config: dict, spec: Maze2DSpec, storage: SweepStorage) -> None:
+    """Tune trial: the base diffuser of one maze (and seed, if per-seed)."""
+    from ray import tune
+
+    from rrf_ray.diffusion.train import train_diffuser
+
+    paths, maze, seed = SweepPaths(storage), config["maze"], config["seed"]
+    key = base_key(spec, maze, seed)
+    if not paths.artifacts.is_done("diffusers", key):
+        data = windows(spec, paths, maze, None, "train")
+        result = train_diffuser(data, spec.diffusion, spec.resources, paths.train, f"base-{maze}-{key}",
+                                seed=seed, callbacks=tune_report_callbacks())
+        publish_checkpoint(paths.artifacts, "diffusers", key, result)
+    tune.report({"done": 1, "artifact": key})
+
+
+def run_trial(config: dict, spec: Maze2DSpec, storage: SweepStorage) -> None:
+    """Tune trial: expert diffuser -> triples -> reward -> held-out evaluation, for one (maze, goal, seed)."""
+    from ray import tune
+
+    from rrf_ray.engine.ray_runtime import quiet_ray_data
+
+    quiet_ray_data()
+    paths = SweepPaths(storage)
+    maze, goal, seed = config["maze"], config["goal"], config["seed"]
+    tid = trial_id(maze, goal, seed)
+    record = {"trial_id": tid, "maze": maze, "goal": goal, "seed": seed, "key": result_key(spec, maze, goal, seed)}
+    tune.report(recorded_trial(paths, tid, record,
+                               lambda: _trial_work(spec, paths, maze, goal, seed, paths.trial_dir(tid))))
+
+
+def _trial_work(spec: Maze2DSpec, paths: SweepPaths, maze: str, goal: int, seed: int, out: Path) -> dict:
+    from rrf_ray.diffusion.checkpoint import load_normalizer
+    from rrf_ray.diffusion.train import train_diffuser
+    from rrf_ray.maze2d.evaluation import evaluate_reward
+    from rrf_ray.rrf.align import train_reward
+    from rrf_ray.rrf.pregenerate import pregenerate
+    from rrf_ray.rrf.reward_nets import load_reward
+
+    store = paths.artifacts
+    timer = PhaseTimer()
+    base_dir = store.path("diffusers", base_key(spec, maze, seed))
+    if not store.is_done("diffusers", base_key(spec, maze, seed)):
+        raise RuntimeError(f"base diffuser of {maze} is missing at {base_dir}: stage 2 did not finish")
+    normalizer = load_normalizer(base_dir)  # both models and the reward share one space
+    loaded = {}
+
+    def maze_windows(g: int | None, split: str, for_evaluation: bool = False):
+        """This maze's windows in the base's normalisation, each set read from its dataset once per trial."""
+        if (g, split, for_evaluation) not in loaded:
+            loaded[g, split, for_evaluation] = windows(spec, paths, maze, g, split, normalizer, for_evaluation)
+        return loaded[g, split, for_evaluation]
+
+    ekey = expert_key(spec, maze, goal, seed)
+    if not store.is_done("diffusers", ekey):
+        timer.start("expert")
+        data = maze_windows(goal, "train")
+        init = base_dir if spec.expert.init == "base" else None
+        result = train_diffuser(data, spec.expert.diffusion(spec.diffusion), spec.resources, paths.train,
+                                f"expert-{maze}-g{goal}-{ekey}", seed=seed, init_from=init,
+                                callbacks=tune_report_callbacks())
+        publish_checkpoint(store, "diffusers", ekey, result)
+
+    skey = shards_key(spec, maze, goal, seed)
+    shard_dir = store.path("shards", skey)
+    if not store.is_done("shards", skey):
+        timer.start("pregen")
+        base_train = maze_windows(None, "train")
+        rng = np.random.default_rng(seed)
+        starts = base_train.batch(rng.integers(len(base_train), size=min(4096, len(base_train))))
+        action_dim = base_train.action_dim
+        noised = None
+        if spec.pregen.algorithm == "dataset_noising":
+            noised = _noising_windows(spec, maze_windows, goal, rng)
+        gpus = spec.resources.pregen_gpus_per_task if spec.resources.use_gpu else 0.0
+        pregenerate(base_dir, store.path("diffusers", ekey), shard_dir, spec.pregen, seed=seed,
+                    starts=starts[:, 0, action_dim:], dataset_windows=noised, gpus_per_task=gpus,
+                    overwrite=True, progress=False, on_this_node=paths.storage.is_remote,
+                    in_process=spec.resources.trains_locally)
+        store.mark_done("shards", skey)  # remote storage: pushed there first
+
+    rkey = reward_key(spec, maze, goal, seed)
+    if not store.is_done("rewards", rkey):
+        timer.start("reward")
+        storage = paths.storage
+        remote = (storage.fs, storage.remote_path(f"artifacts/shards/{skey}")) if storage.is_remote else None
+        result = train_reward(shard_dir, spec.reward, spec.resources, paths.train, f"reward-{maze}-g{goal}-{rkey}",
+                              seed=seed, normalizer=normalizer.to_dict(), callbacks=tune_report_callbacks(),
+                              remote=remote)
+        publish_checkpoint(store, "rewards", rkey, result)
+
+    timer.start("eval")
+    reward = load_reward(store.path("rewards", rkey))
+    held_base, held_expert = maze_windows(None, "heldout", True), maze_windows(goal, "heldout", True)
+    metrics = evaluate_reward(lambda x: reward.score(x, t=spec.evaluation.t), spec.maze(maze), goal, held_base,
+                              held_expert, out, max_windows=spec.evaluation.max_windows, seed=seed)
+    return {**metrics.as_dict(), **timer.stop()}
+
+
+def _noising_windows(spec, maze_windows, goal, rng) -> np.ndarray:
+    """Algorithm 1's x0 windows, drawn from the training windows of each noising source."""
+    sources = {"base": [None], "expert": [goal], "mixed": [None, goal]}[spec.pregen.noising_source]
+    parts = []
+    for g in sources:
+        w = maze_windows(g, "train")
+        parts.append(w.batch(rng.integers(len(w), size=min(len(w), spec.pregen.noised_windows))))
+    return np.concatenate(parts)
+
+
+def run_sweep(spec: Maze2DSpec, storage: SweepStorage, resume: bool = False, address: str | None = None) -> Path:
+    """All four stages; returns the report path (in the local directory or mirror)."""
+    from ray import tune
+
+    from rrf_ray.engine.ray_runtime import init_ray, quiet_ray_data
+    from rrf_ray.maze2d.report import write_report
+
+    paths = SweepPaths(storage)
+    sweep_dir = storage.local
+    write_sweep_files(storage, {"spec.json": spec.model_dump_json(indent=1),
+                                "trials.json": json.dumps(trial_table(spec), indent=1)})
+    init_ray(address, num_cpus=spec.resources.num_cpus or (os.cpu_count() or 1) + 1)
+    quiet_ray_data()
+
+    print(f"[sweep] stage 1/4: datasets -> {paths.datasets}", flush=True)
+    make_datasets(spec, paths)
+    print("[sweep] stage 2/4: base diffusers", flush=True)
+    seeds = spec.seeds if spec.base_per_seed else [spec.seeds[0]]
+    grid = run_stage(STAGE_BASE, train_base, {"maze": tune.grid_search(list(spec.mazes)),
+                                              "seed": tune.grid_search(seeds)},
+                     spec, storage, resume, ["step", "loss"])
+    raise_if_any_failed(grid, "base diffuser")
+    print(f"[sweep] stage 3/4: {len(trial_table(spec))} trials", flush=True)
+    # One grid over explicit (maze, goal, seed) rows: mazes may have different goal lists.
+    space = {"trial": tune.grid_search([{k: r[k] for k in ("maze", "goal", "seed")} for r in trial_table(spec)])}
+    run_stage(STAGE_TRIALS, _unpack_trial, space, spec, storage, resume,
+              ["step", "loss", "goal_recovered", "goal_distance", "accuracy", "erc"])
+    print("[sweep] stage 4/4: report", flush=True)
+    storage.pull("trials", refresh=True)  # remote storage: every node's trial results
+    report = write_report(sweep_dir)
+    for name in ("report.md", "results.csv", "figures"):
+        if (sweep_dir / name).exists():
+            storage.push(name)
+    where = storage.uri_of("report.md") if storage.is_remote else report
+    print(f"[sweep] report: {where}", flush=True)
+    return report
+
+
+def _unpack_trial(config: dict, spec: Maze2DSpec, storage: SweepStorage) -> None:
+    run_trial(config["trial"], spec, storage)
+
+
+# -- dry run ---------------------------------------------------------------------------
+
+def dry_run(spec: Maze2DSpec) -> str:
+    trials = trial_table(spec)
+    n_bases = len(spec.mazes) * (len(spec.seeds) if spec.base_per_seed else 1)
+    n_datasets = sum(len(dataset_ids(spec, m)) for m in spec.mazes)
+    r = spec.resources
+    expert_steps = spec.expert.diffusion(spec.diffusion).train_steps
+    per_run = (f"in the trial's own process, {r.cpus_per_worker} CPU" if r.trains_locally else
+               f"{r.num_workers} worker(s) x {r.cpus_per_worker} CPU" + (f" + {r.gpus_per_worker} GPU" if r.use_gpu else ""))
+    lines = [
+        f"sweep {spec.name}: {len(spec.mazes)} mazes, {len(trials)} trials",
+        f"stage 1 datasets: {n_datasets} Minari datasets "
+        f"({spec.data.base_transitions:,} base / {spec.data.expert_transitions:,} expert transitions each)",
+        f"stage 2 base diffusers: {n_bases} Ray Train runs of {spec.diffusion.train_steps:,} steps ({per_run})",
+        f"stage 3 trials: {len(trials)}, each: expert diffuser ({spec.expert.describe(spec.diffusion)}), "
+        f"triples by {spec.pregen.describe()}, reward ({spec.reward.train_steps:,} steps), held-out evaluation; "
+        f"max concurrent: {r.max_concurrent_trials or 'unlimited'}; retries: {r.max_failures}",
+        "stage 4 report: report.md, results.csv, figures/",
+        "",
+        f"{'trial':<24} {'maze':<8} {'goal':>4} {'seed':>4}",
+    ]
+    lines += [f"{t['trial_id']:<24} {t['maze']:<8} {t['goal']:>4} {t['seed']:>4}" for t in trials]
+    diffuser_samples = (n_bases * spec.diffusion.train_steps + len(trials) * expert_steps) * spec.diffusion.batch_size
+    reward_samples = len(trials) * spec.reward.train_steps * spec.reward.batch_size
+    hours = (diffuser_samples / spec.estimate.diffuser_samples_per_s
+             + reward_samples / spec.estimate.reward_samples_per_s) / 3600
+    device = "GPU" if r.use_gpu else "CPU-worker"
+    lines += ["", f"{len(trials)} trials",
+              f"estimated training time: {hours * r.num_workers:,.1f} {device}-hours at "
+              f"{spec.estimate.diffuser_samples_per_s:,.0f} diffuser and {spec.estimate.reward_samples_per_s:,.0f} "
+              "reward samples/s per run (set estimate.* from benchmarks/diffuser_train.py on your hardware)"]
+    return "\n".join(lines)
