@@ -115,9 +115,21 @@ class PhaseTimer:
         return dict(self.seconds)
 
 
+@dataclass(frozen=True)
+class Search:
+    """A Tune search instead of a grid: `algorithm` (e.g. ray.tune.search.optuna.OptunaSearch)
+    samples `num_samples` points of the stage's parameter space, optimising `metric` (`mode`
+    "max" or "min") as the trials report it."""
+
+    algorithm: object
+    metric: str
+    mode: str
+    num_samples: int
+
+
 def run_stage(name: str, trainable, param_space: dict, spec, storage: SweepStorage, resume: bool,
-              metric_columns: list[str], trial_resources: dict | None = None):
-    """A Tune grid `name` of `trainable(config, spec=, storage=)`; restored when resuming.
+              metric_columns: list[str], trial_resources: dict | None = None, search: Search | None = None):
+    """A Tune grid (or `search`) `name` of `trainable(config, spec=, storage=)`; restored when resuming.
 
     `spec` has a `resources` block (engine.spec.ResourceSpec). trial_resources: what each
     trial's own process holds (default resources.trial_process_cpus CPUs: its Train runs ask
@@ -135,9 +147,11 @@ def run_stage(name: str, trainable, param_space: dict, spec, storage: SweepStora
         tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, param_space=param_space,
                                    storage_filesystem=fs)
     else:
+        searching = {} if search is None else dict(search_alg=search.algorithm, metric=search.metric,
+                                                   mode=search.mode, num_samples=search.num_samples)
         tuner = tune.Tuner(
             fn, param_space=param_space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials),
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials, **searching),
             run_config=tune.RunConfig(
                 name=name, storage_path=root, storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),

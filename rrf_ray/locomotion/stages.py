@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from rrf_ray.engine.artifacts import artifact_key
-from rrf_ray.engine.stages import (SweepPaths, publish_checkpoint, raise_if_any_failed, recorded_trial, run_stage,
-                                   tune_report_callbacks, write_sweep_files)
+from rrf_ray.engine.stages import (Search, SweepPaths, publish_checkpoint, raise_if_any_failed, recorded_trial,
+                                   run_stage, tune_report_callbacks, write_sweep_files)
 from rrf_ray.engine.storage import SweepStorage
 from rrf_ray.locomotion.spec import LocomotionSweepSpec
 
@@ -299,25 +299,12 @@ def run_optuna_stage(spec: LocomotionSweepSpec, storage: SweepStorage, resume: b
     from ray import tune
 
     s = spec.search
-    fn = tune.with_resources(tune.with_parameters(run_rollout_trial, spec=spec, storage=storage),
-                             _trial_resources(spec))
-    fs = storage.fs
-    root = storage.remote if storage.is_remote else str(storage.local)
-    name = f"{STAGE_ROLLOUTS}-optuna-{env}-{method}"
     space = {"env": env, "method": method, "omega": tune.uniform(min(s.omegas), max(s.omegas)),
              "t_stopgrad": tune.choice(list(s.t_stopgrads))}
-    if resume and tune.Tuner.can_restore(f"{root}/{name}", storage_filesystem=fs):
-        tuner = tune.Tuner.restore(f"{root}/{name}", trainable=fn, resume_errored=True, param_space=space,
-                                   storage_filesystem=fs)
-    else:
-        tuner = tune.Tuner(
-            fn, param_space=space,
-            tune_config=tune.TuneConfig(search_alg=OptunaSearch(seed=spec.seed), metric="score", mode="max",
-                                        num_samples=s.optuna_samples,
-                                        max_concurrent_trials=spec.resources.max_concurrent_trials),
-            run_config=tune.RunConfig(name=name, storage_path=root, storage_filesystem=fs,
-                                      failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)))
-    return tuner.fit()
+    return run_stage(f"{STAGE_ROLLOUTS}-optuna-{env}-{method}", run_rollout_trial, space, spec, storage, resume,
+                     ROLLOUT_METRICS, _trial_resources(spec),
+                     search=Search(OptunaSearch(seed=spec.seed), metric="score", mode="max",
+                                   num_samples=s.optuna_samples))
 
 
 def check_search_available(spec: LocomotionSweepSpec) -> None:

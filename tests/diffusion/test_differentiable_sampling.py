@@ -21,6 +21,15 @@ B = 4
 GUIDED = GuidanceSpec(scale=0.5, n_guide_steps=2, t_stopgrad=1)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a thread pool only spins against the other work on this machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(dtype=torch.float32, prediction="sample", clip=True) -> TrajectoryDiffuser:
     torch.manual_seed(0)
     spec = DiffusionSpec(n_timesteps=T, dim=8, dim_mults=[1, 2], prediction=prediction, clip_denoised=clip)
