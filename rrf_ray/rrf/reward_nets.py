@@ -36,6 +36,16 @@ class SinusoidalTimeEmbedding(nn.Module):
         return self.mlp(emb)
 
 
+def mlp_to_scalar(width: int, hidden: list[int]) -> nn.Sequential:
+    """Linear + Mish layers of `hidden` widths, then a linear layer to one value: the head of every reward net."""
+    layers = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.Mish()]
+        width = h
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
 class WindowMLPReward(nn.Module):
     """Mean over contiguous sub-windows of `model_horizon` steps of MLP(sub-window, t).
 
@@ -54,12 +64,7 @@ class WindowMLPReward(nn.Module):
         self.input_dims = None if input_dims is None else [int(d) for d in input_dims]
         seen = transition_dim if input_dims is None else len(self.input_dims)
         self.time = SinusoidalTimeEmbedding(t_embed_dim)
-        layers, width = [], model_horizon * seen + t_embed_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.Mish()]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = mlp_to_scalar(model_horizon * seen + t_embed_dim, hidden)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.input_dims is not None:
@@ -141,12 +146,7 @@ class LatentConvReward(nn.Module):
             self.down.append(nn.Conv2d(w, w, 3, stride=2, padding=1) if i < len(widths) - 1 else nn.Identity())
             c = w
         self.norm = nn.GroupNorm(_groups(c), c)
-        layers, width = [], c + t_embed_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.Mish()]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.head = nn.Sequential(*layers)
+        self.head = mlp_to_scalar(c + t_embed_dim, hidden)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         temb = self.time(t)

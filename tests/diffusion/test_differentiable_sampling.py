@@ -21,13 +21,7 @@ B = 4
 GUIDED = GuidanceSpec(scale=0.5, n_guide_steps=2, t_stopgrad=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a thread pool only spins against the other work on this machine's cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors (tests/conftest.py)
 
 
 def tiny_model(dtype=torch.float32, prediction="sample", clip=True) -> TrajectoryDiffuser:
