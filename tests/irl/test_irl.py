@@ -1,0 +1,178 @@
+"""The IRL experiment (thesis Algorithm 4 beside the relative reward): its parts, its errors, its sweep end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rrf_ray.data.windows import Normalizer
+from rrf_ray.engine.loading import load_spec
+from rrf_ray.irl.bc import train_bc
+from rrf_ray.irl.experts import cut_segments
+from rrf_ray.irl.report import normalised_returns
+from rrf_ray.irl.spec import BCSpec
+from rrf_ray.irl.stages import learned_key, result_key, trial_table
+from rrf_ray.irl.true_reward import LinearMazeReward
+from rrf_ray.maze2d.mazes import Maze
+
+UMAZE = Maze("umaze", ("#####", "#OOO#", "###O#", "#OOO#", "#####"), ())
+
+
+def sweep(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "rrf_ray.sweep", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_true_reward_uses_the_thesis_coordinates_and_its_guide_agrees():
+    r = LinearMazeReward(UMAZE, [5.0, 5.0])
+    # cell (row, col) centre: x = col + 0.5, y = row + 0.5, origin top-left with walls included
+    for row, col in [(1, 1), (1, 3), (3, 1), (3, 3), (2, 3)]:
+        assert r(UMAZE.rowcol_to_xy((row, col))) == pytest.approx(5 * (col + 0.5) + 5 * (row + 0.5))
+    assert r.best_cell() == (3, 3)  # the bottom-right corner
+    assert LinearMazeReward(UMAZE, [-1.0, 0.0]).best_cell() in [(1, 1), (3, 1)]
+
+    # the guide on normalised windows is the same return, differentiable
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(500, 6)).astype(np.float32)
+    norm = Normalizer.fit(rows)
+    windows = rng.normal(size=(4, 7, 6)).astype(np.float32)
+    guide = r.guide(norm, action_dim=2)
+    x = torch.from_numpy(norm.normalize(windows).astype(np.float32)).requires_grad_(True)
+    value = guide(x, torch.zeros(4, dtype=torch.long))
+    expected = r(windows[..., 2:4]).sum(axis=1)
+    np.testing.assert_allclose(value.detach().numpy(), expected, rtol=1e-4, atol=1e-3)
+    grad, = torch.autograd.grad(value.sum(), x)
+    assert torch.all(grad[..., :2] == 0) and torch.all(grad[..., 4:] == 0)  # only the positions count
+    np.testing.assert_allclose(grad[0, 0, 2:4].numpy(), r.pointmaze_weights * norm.scale[2:4], rtol=1e-5)
+
+
+def test_segments_are_algorithm_5_on_the_base_time_stride():
+    obs = np.arange(41 * 4, dtype=np.float64).reshape(41, 4)  # 40 steps
+    act = np.arange(40 * 2, dtype=np.float64).reshape(40, 2) + 1000
+    k, stride = 3, 4
+    segs = cut_segments([(obs, act)], k, stride)
+    # per phase p: rows p, p+4, ... (10 each), cut into non-overlapping blocks of 3 -> 3 segments
+    assert segs.shape == (4 * 3, k, 6)
+    first = segs[0]
+    np.testing.assert_array_equal(first[:, 2:], obs[[0, 4, 8]])
+    np.testing.assert_array_equal(first[:, :2], act[[0, 4, 8]])
+    np.testing.assert_array_equal(segs[1][:, 2:], obs[[12, 16, 20]])  # the next block starts after the last
+    starts = {tuple(s[0, 2:]) for s in segs}
+    assert len(starts) == len(segs)  # no two segments share a start
+    spec = load_spec("irl-tiny")
+    e = spec.experts.model_copy(update={"steps": 40})
+    assert e.segments_per_rollout(stride, k) == len(segs)
+    with pytest.raises(ValueError, match="long enough"):
+        cut_segments([(obs[:5], act[:4])], k, stride)
+
+
+def test_behaviour_cloning_fits_a_known_policy():
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, size=(2001, 4))
+    act = np.tanh(obs[:-1, :2] @ np.array([[0.8, -0.3], [0.2, 0.5]]))
+    policy, mse = train_bc([(obs, act)], BCSpec(hidden=[64, 64], steps=800), seed=0)
+    assert mse < 0.01
+    held = rng.uniform(-1, 1, size=(200, 4))
+    truth = np.tanh(held[:, :2] @ np.array([[0.8, -0.3], [0.2, 0.5]]))
+    assert np.mean((policy(held) - truth) ** 2) < 0.02
+
+
+def test_normalised_return_uses_each_seeds_base_and_true_reward():
+    rows = [{"method": "base", "seed": 0, "status": "ok", "return_mean": 100.0},
+            {"method": "true_reward", "seed": 0, "status": "ok", "return_mean": 200.0},
+            {"method": "irl_mse", "seed": 0, "status": "ok", "return_mean": 180.0},
+            {"method": "base", "seed": 1, "status": "ok", "return_mean": 50.0},
+            {"method": "true_reward", "seed": 1, "status": "ok", "return_mean": 150.0},
+            {"method": "irl_mse", "seed": 1, "status": "ok", "return_mean": 75.0}]
+    norm = normalised_returns(rows)
+    assert norm["irl_mse", 0] == pytest.approx(0.8) and norm["irl_mse", 1] == pytest.approx(0.25)
+    assert norm["base", 0] == 0 and norm["true_reward", 1] == 1
+
+
+def test_keys_and_trials_follow_the_spec():
+    spec = load_spec("irl-tiny")
+    assert [t["trial_id"] for t in trial_table(spec)] == [
+        "base-seed0", "true_reward-seed0", "irl_mse-seed0", "irl_mmd_gauss-seed0", "bc-seed0", "rrf-seed0"]
+    other_lr = load_spec("irl-tiny", ["irl.learning_rate.mse=0.1"])
+    assert learned_key(spec, "irl_mse", 0) != learned_key(other_lr, "irl_mse", 0)
+    assert learned_key(spec, "bc", 0) == learned_key(other_lr, "bc", 0)
+    assert learned_key(spec, "irl_mse", 0) != learned_key(spec, "irl_mse", 1)
+    # the protocol and the rollouts' guidance scale change results, not what was learned
+    for override in ("evaluation.steps=41", "evaluation.guidance_scales={rrf: 7.0}"):
+        other = load_spec("irl-tiny", [override])
+        assert learned_key(spec, "rrf", 0) == learned_key(other, "rrf", 0)
+        assert result_key(spec, "rrf", 0) != result_key(other, "rrf", 0)
+    rrf_scale = load_spec("irl-tiny", ["evaluation.guidance_scales={rrf: 7.0}"])
+    assert result_key(spec, "irl_mse", 0) == result_key(rrf_scale, "irl_mse", 0)
+    moved = load_spec("irl-tiny", ["true_reward.weights=[5,-5]"])  # other experts, other truth
+    assert learned_key(spec, "base", 0) == learned_key(moved, "base", 0)
+    assert learned_key(spec, "irl_mse", 0) != learned_key(moved, "irl_mse", 0)
+    assert result_key(spec, "base", 0) != result_key(moved, "base", 0)
+
+
+def test_bad_true_reward_or_missing_expert_dataset_exits_2_naming_it(tmp_path):
+    r = sweep("irl-tiny", "--dry-run", "--set", "true_reward.weights=[1,2,3]")
+    assert r.returncode == 2 and "true_reward.weights" in r.stderr and "2 weights" in r.stderr
+    r = sweep("irl-tiny", "--dry-run", "--set", "evaluation.starts=[[2,1]]")
+    assert r.returncode == 2 and "evaluation.starts" in r.stderr and "free cell" in r.stderr
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari")}
+    r = subprocess.run([sys.executable, "-m", "rrf_ray.sweep", "irl-tiny", "--storage", str(tmp_path),
+                        "--set", "experts.dataset=someone/demos-v0"], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "someone/demos-v0" in r.stderr and "experts.dataset" in r.stderr
+
+
+def test_dry_run_prints_the_memory_of_backprop_through_the_chain():
+    r = sweep("irl-umaze", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "differentiable sampling: ~" in r.stdout and "GiB" in r.stdout
+    assert "252 segments of K = 10" in r.stdout
+    r2 = sweep("irl-umaze", "--dry-run", "--set", "irl.backprop_steps=2")
+    assert "2 differentiable steps" in r2.stdout
+
+
+@pytest.mark.slow
+def test_tiny_irl_sweep_end_to_end_killed_then_resumed(tmp_path):
+    """The CLI runs every method, Algorithm 4 moves plans towards the experts, and after a driver
+    SIGKILL `--resume` finishes the sweep without recomputing a finished trial."""
+    root = tmp_path / "irl-tiny"
+    first = root / "trials" / "irl_mse-seed0" / "result.json"  # the grid starts with the learning methods
+    proc = subprocess.Popen([sys.executable, "-m", "rrf_ray.sweep", "irl-tiny", "--storage", str(tmp_path)],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if first.exists() and json.loads(first.read_text())["status"] == "ok":
+                break
+            assert proc.poll() is None, "the sweep ended before its first trial finished"
+            time.sleep(0.5)
+        else:
+            pytest.fail("first trial did not finish within 600 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    stamp = first.stat().st_mtime_ns
+
+    r = sweep("irl-tiny", "--storage", str(tmp_path), "--resume", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert first.stat().st_mtime_ns == stamp, "the finished trial was recomputed"
+    results = (root / "results.csv").read_text().splitlines()
+    assert len(results) == 7 and all(",ok," in line for line in results[1:]), results
+    report = (root / "report.md").read_text()
+    assert "Algorithm 4, MSE" in report and "3578.5" in report  # the thesis's figure beside ours
+    for name in ("rollouts", "heatmaps"):
+        assert (root / "figures" / f"{name}.png").stat().st_size > 1000
+    for method in ("irl_mse", "irl_mmd_gauss", "rrf"):
+        m = json.loads((root / "trials" / f"{method}-seed0" / "result.json").read_text())["metrics"]
+        assert 0 <= m["erc"] <= 1 and m["n_rollouts"] == 2
+        if method == "irl_mse":  # trained on the paired MSE: its guided plans come closer to the experts
+            assert m["segment_mse_guided"] < m["segment_mse_unguided"], m
