@@ -15,6 +15,9 @@ from torch import nn
 from rrf_ray.data.windows import Normalizer
 from rrf_ray.maze2d.mazes import Maze
 
+# |w| of the thesis's 5 (x + y): guidance scales are calibrated for a reward this steep.
+REFERENCE_NORM = float(np.hypot(5.0, 5.0))
+
 
 class LinearMazeReward:
     """r(s) = offset + w_x x + w_y y for PointMaze positions (..., 2)."""
@@ -36,7 +39,13 @@ class LinearMazeReward:
         return np.array([self.weights[0], -self.weights[1]])
 
     def guide(self, normalizer: Normalizer, action_dim: int) -> PlanReturnGuide:
-        return PlanReturnGuide(self, normalizer, action_dim)
+        """The plan's return as a guide, rescaled to the thesis reward's steepness (|w| = 5 sqrt 2).
+
+        An optimal policy does not change when the reward is multiplied by a positive constant, but a
+        guided sampler's plans do; rescaling keeps `guidance.scale` meaning the same for every true
+        reward, so 2 (x + y) and 5 (x + y) make the same experts. Returns are still scored with r itself.
+        """
+        return PlanReturnGuide(self, normalizer, action_dim, gain=REFERENCE_NORM / float(np.hypot(*self.weights)))
 
     def best_cell(self) -> tuple[int, int]:
         """The free cell whose centre scores highest (where the experts should end up)."""
@@ -46,9 +55,9 @@ class LinearMazeReward:
 
 
 class PlanReturnGuide(nn.Module):
-    """Sum over a normalised plan's rows of r(position): a differentiable guide rho(x, t) (t unused)."""
+    """gain x the sum over a normalised plan's rows of r(position): a differentiable guide rho(x, t) (t unused)."""
 
-    def __init__(self, reward: LinearMazeReward, normalizer: Normalizer, action_dim: int):
+    def __init__(self, reward: LinearMazeReward, normalizer: Normalizer, action_dim: int, gain: float = 1.0):
         super().__init__()
         a = action_dim
         scale = torch.as_tensor(normalizer.scale[a:a + 2], dtype=torch.float32)
@@ -56,8 +65,8 @@ class PlanReturnGuide(nn.Module):
         w = torch.as_tensor(reward.pointmaze_weights, dtype=torch.float32)
         const = reward.offset + reward.weights[0] * reward.maze.width / 2 + reward.weights[1] * reward.maze.height / 2
         # r = const + w . (shift + scale * x_norm): one linear map of the normalised position columns.
-        self.register_buffer("w_norm", w * scale)
-        self.register_buffer("bias", (w * shift).sum() + torch.tensor(float(const)))
+        self.register_buffer("w_norm", gain * w * scale)
+        self.register_buffer("bias", gain * ((w * shift).sum() + torch.tensor(float(const))))
         self.a = a
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,10 @@ def test_true_reward_uses_the_thesis_coordinates_and_its_guide_agrees():
     grad, = torch.autograd.grad(value.sum(), x)
     assert torch.all(grad[..., :2] == 0) and torch.all(grad[..., 4:] == 0)  # only the positions count
     np.testing.assert_allclose(grad[0, 0, 2:4].numpy(), r.pointmaze_weights * norm.scale[2:4], rtol=1e-5)
+    # a positive multiple of the reward guides the same way (the optimal policy is the same)
+    gentle = LinearMazeReward(UMAZE, [1.0, 1.0], offset=3.0).guide(norm, action_dim=2)
+    grad2, = torch.autograd.grad(gentle(x, torch.zeros(4, dtype=torch.long)).sum(), x)
+    torch.testing.assert_close(grad2, grad)
 
 
 def test_segments_are_algorithm_5_on_the_base_time_stride():
