@@ -106,6 +106,20 @@ def dataset_shard(name: str, local_run: LocalRun | None = None):
     return local_run.datasets[name] if local_run is not None else ray.train.get_dataset_shard(name)
 
 
+def average_gradients(module: torch.nn.Module, world: int) -> None:
+    """Mean of the parameters' gradients over the run's workers, by hand.
+
+    For losses that differentiate through a gradient of the model (create_graph): DDP's hooks do
+    not support that double backward, so those trainers keep the model unwrapped and average here.
+    """
+    if world <= 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss; the message says at which step."""
 

@@ -29,7 +29,7 @@ from rrf_ray.engine.checkpoints import (
     training_state,
 )
 from rrf_ray.engine.spec import ResourceSpec
-from rrf_ray.engine.training import TrainingLoop, fit_training_run, train_worker_setup
+from rrf_ray.engine.training import TrainingLoop, average_gradients, fit_training_run, train_worker_setup
 from rrf_ray.irl.spec import Algorithm4Spec
 from rrf_ray.metrics.trajectory_distance import (
     gaussian_mixture_kernel,
@@ -148,11 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
         loss = loss_fn(plans[:, :k, dims], seg[:, :, dims])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if world > 1:
-            for p in net.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
+        average_gradients(net, world)
         grad_norm = nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip or float("inf"))
         optimizer.step()
         with torch.no_grad():

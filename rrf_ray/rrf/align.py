@@ -32,7 +32,13 @@ from rrf_ray.engine.checkpoints import (
 )
 from rrf_ray.engine.ray_runtime import quiet_ray_data
 from rrf_ray.engine.spec import ResourceSpec
-from rrf_ray.engine.training import TrainingLoop, dataset_shard, fit_training_run, train_worker_setup
+from rrf_ray.engine.training import (
+    TrainingLoop,
+    average_gradients,
+    dataset_shard,
+    fit_training_run,
+    train_worker_setup,
+)
 from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_gradient, sample_reward_config
 from rrf_ray.rrf.shards import Manifest, read_triples, verify_shards
 from rrf_ray.rrf.spec import RewardSpec
@@ -180,11 +186,7 @@ def align_loop_per_worker(config: dict) -> None:
         loss, grad, target = alignment_terms(net, next(data), device, create_graph=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if world > 1:
-            for p in net.parameters():
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= world
+        average_gradients(net, world)
         if spec.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), spec.grad_clip)
         optimizer.step()
