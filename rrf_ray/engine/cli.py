@@ -2,21 +2,28 @@
 
 The YAML's `experiment:` key picks the experiment (engine.registry); its runner does the
 stages, each idempotent (content-addressed artifacts under the sweep's storage), so
-`--resume` reuses every finished artifact and trial. `--dry-run` prints the stages,
-trials and resource needs and runs nothing. A bad spec, a bad argument or a missing input
-prints one error line and exits 2.
+`--resume` reuses every finished artifact and trial, and may grow a sweep by the spec fields
+its experiment declares growable (more seeds, say): only the new trials run. One driver at a
+time per storage (engine.lock). SIGINT or SIGTERM stops the sweep resumably and prints the
+command that resumes it (engine.stopping); exit 130 or 143. `--dry-run` prints the stages,
+trials and resource needs and runs nothing. A bad spec, a bad argument, a missing input or
+a storage in use prints one error line and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 from rrf_ray.engine.loading import load_spec
-from rrf_ray.engine.registry import default_experiment, get_experiment
-from rrf_ray.engine.spec import ConfigError, exit_on_user_error
+from rrf_ray.engine.lock import LOCK_FILE, StorageLock
+from rrf_ray.engine.registry import Experiment, default_experiment, get_experiment
+from rrf_ray.engine.spec import ConfigError, compare_specs, exit_on_user_error
+from rrf_ray.engine.stopping import catch_stop_signals, exit_on_next_signal, finish_stop, stopped_by
 from rrf_ray.engine.storage import SweepStorage
 
 
@@ -27,11 +34,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="results",
                    help="where sweeps live, one per name: a directory (default ./results; shared by every node "
                         "on a cluster) or a URI pyarrow opens (s3://bucket/path, gs://...)")
-    p.add_argument("--resume", action="store_true", help="continue a sweep in its storage directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a sweep in its storage directory (its spec, or the same with more of what its "
+                        "experiment lets grow, e.g. --set seeds=[0,1])")
     p.add_argument("--dry-run", action="store_true", help="print stages, trials and resource needs; run nothing")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else one `ray start` started on this machine, else a private local Ray for this sweep)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's own messages on the console too (its warnings, every worker's output); "
+                        "by default they stay in Ray's log directory, named in the first lines")
     return p
+
+
+def resume_command(args: argparse.Namespace, storage: SweepStorage) -> str:
+    """The command that continues this run: its own arguments, the storage spelled out, --resume."""
+    sweep = args.sweep
+    if Path(sweep).suffix in (".yaml", ".yml") or Path(sweep).exists():
+        sweep = str(Path(sweep).resolve())
+    parts = ["python", "-m", "rrf_ray.sweep", sweep, "--storage", storage.location, "--resume"]
+    parts += ["--address", args.address] if args.address else []
+    parts += [arg for override in args.overrides for arg in ("--set", override)]
+    parts += ["--verbose"] if args.verbose else []
+    return shlex.join(parts)
+
+
+def check_storage(args: argparse.Namespace, storage: SweepStorage, spec, experiment: Experiment,
+                  note: Callable[[str], None] = print) -> None:
+    """Refuse a used storage without --resume, or with a spec that differs other than by growing;
+    `note` when a spec grows, and when --resume finds nothing to resume."""
+    if not storage.holds_anything(ignore=(LOCK_FILE,)):
+        if args.resume:
+            note(f"[sweep] --resume: {storage.uri} holds no sweep yet; starting a new one")
+        return
+    if not args.resume:
+        raise ConfigError(f"{storage.uri} already holds a sweep: pass --resume to continue it, "
+                          "or choose another --storage")
+    stored = storage.read_text("spec.json")
+    if stored is None:  # stopped before it wrote its spec: nothing to compare
+        return
+    try:
+        stored = json.loads(stored)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{storage.uri}/spec.json is not valid JSON ({e}); move it away to start anew") from None
+    change = compare_specs(stored, json.loads(spec.model_dump_json()), experiment.growable)
+    if change.differing:
+        may_grow = (f"; only {', '.join(experiment.growable)} may grow (a list by appending, a mapping by new keys)"
+                    if experiment.growable else "")
+        raise ConfigError(f"the spec differs from the one {storage.uri} was started with (its spec.json) in "
+                          f"{', '.join(change.differing)}: resume with the same spec and --set overrides{may_grow}")
+    if change.grown:
+        note(f"[sweep] growing {storage.uri}: {'; '.join(change.grown)} (only the new trials run)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,22 +98,54 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         storage = SweepStorage(args.storage, spec.name)
-        used = storage.holds_anything()
     except (ValueError, OSError) as e:
         exit_on_user_error(ConfigError(f"--storage {args.storage}: {e}"))
-    if used:
-        if not args.resume:
-            exit_on_user_error(ConfigError(f"{storage.uri} already holds a sweep: pass --resume to continue it, "
-                                           "or choose another --storage"))
-        stored = storage.read_text("spec.json")
-        if stored is not None and json.loads(stored) != json.loads(spec.model_dump_json()):
-            exit_on_user_error(ConfigError(f"the spec differs from the one {storage.uri} was started with "
-                                           "(its spec.json); resume with the same spec and --set overrides"))
+    from rrf_ray.engine.ray_runtime import note, print_notes, set_verbose  # imports Ray: not for --dry-run
+
+    set_verbose(args.verbose)
+    command = shlex.join(["python", "-m", "rrf_ray.sweep", *(sys.argv[1:] if argv is None else argv)])
+    lock = StorageLock(storage, command=command)
+
+    def say_stopped(stop) -> None:
+        """The last words of a stopped run: the lock let go, and how to resume."""
+        lock.release()
+        print_notes()
+        sys.stdout.flush()
+        print(f"stopped ({stop.name}): resume with  {resume_command(args, storage)}", file=sys.stderr, flush=True)
+
+    catch_stop_signals(last_words=say_stopped)
     try:
+        try:
+            took_over = lock.acquire()
+            if took_over:
+                note(took_over)
+            check_storage(args, storage, spec, experiment, note)
+        except ConfigError:
+            raise
+        except (ValueError, OSError) as e:  # the storage cannot be read or written
+            raise ConfigError(f"--storage {args.storage}: {e}") from None
         experiment.run(spec, storage, resume=args.resume, address=args.address)
     except (ConfigError, *experiment.user_errors) as e:  # a missing or unfit input: a user error, exit 2
         exit_on_user_error(e)
+    except KeyboardInterrupt as interrupt:  # SIGINT or SIGTERM (engine.stopping)
+        stop = stopped_by(interrupt)
+        exit_on_next_signal()
+        shutdown_ray()  # if the signal stopped our Ray too, this waits: the stop's deadline then ends it
+        finish_stop()
+        say_stopped(stop)
+        return stop.exit_code
+    finally:
+        lock.release()
+        print_notes()
     return 0
+
+
+def shutdown_ray() -> None:
+    """Stop this driver's Ray (a private one ends; a cluster loses this job's tasks and actors)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def report_main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,10 @@ class Experiment:
     describe(spec) -> what `--dry-run` prints;
     write_report(sweep_dir) -> the report's path, rebuilt from a sweep directory alone;
     user_errors: exceptions of `run` that are the user's to fix (a missing dataset):
-    the CLI prints them and exits 2 instead of a traceback.
+    the CLI prints them and exits 2 instead of a traceback;
+    growable: dotted spec fields that `--resume` may grow (a list by appending, a mapping by
+    new keys), e.g. ("seeds",): fields whose new values only add trials and leave every
+    finished artifact valid (engine.spec.compare_specs). The engine cannot know which those are.
     """
 
     name: str
@@ -43,6 +46,7 @@ class Experiment:
     describe: Callable
     write_report: Callable[[Path], Path] | None = None
     user_errors: tuple[type[Exception], ...] = field(default=())
+    growable: tuple[str, ...] = field(default=())
 
 
 _experiments: dict[str, Experiment] = {}

@@ -8,7 +8,9 @@ model, engine.registry).
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +56,48 @@ class EstimateSpec(Strict):
 
     diffuser_samples_per_s: float = Field(2000.0, gt=0.0)
     reward_samples_per_s: float = Field(40000.0, gt=0.0)
+
+
+@dataclass
+class SpecChange:
+    """How a spec differs from the one a sweep was started with (engine.spec.compare_specs)."""
+
+    grown: list[str] = field(default_factory=list)  # "seeds + [1]": growable fields that only grew
+    differing: list[str] = field(default_factory=list)  # dotted fields that changed otherwise
+
+
+_MISSING = object()
+
+
+def compare_specs(stored: dict, new: dict, growable: tuple[str, ...] = ()) -> SpecChange:
+    """Compare two specs (as JSON dicts), naming every differing field by its dotted path.
+
+    A field in `growable` may grow: a list by appending elements, a mapping by new keys (its
+    old keys keeping their values). Artifacts are content-addressed, so growing such a field
+    adds trials and leaves every finished one valid; any other change would not.
+    """
+    change = SpecChange()
+    _compare(stored, new, [], set(growable), change)
+    return change
+
+
+def _compare(old, new, path: list[str], growable: set[str], change: SpecChange) -> None:
+    if old == new:
+        return
+    where = ".".join(path) or "(top level)"
+    if where in growable:
+        if isinstance(old, list) and isinstance(new, list) and new[: len(old)] == old:
+            change.grown.append(f"{where} + {json.dumps(new[len(old):])}")
+            return
+        if isinstance(old, dict) and isinstance(new, dict) and all(k in new and new[k] == v for k, v in old.items()):
+            change.grown.append(f"{where} + {', '.join(str(k) for k in new if k not in old)}")
+            return
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old and where not in growable]
+        for k in keys:
+            _compare(old.get(k, _MISSING), new.get(k, _MISSING), path + [str(k)], growable, change)
+        return
+    change.differing.append(where)
 
 
 def exit_on_user_error(exc: Exception) -> None:

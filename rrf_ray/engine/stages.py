@@ -1,7 +1,9 @@
 """Running an experiment's stages on Ray Tune, and recording what each trial produced.
 
 A stage is a Tune grid (or an Optuna search) of one trainable over a parameter space,
-named after the stage so that `--resume` restores it (Tuner.restore, resume_errored). A
+named after the stage so that `--resume` restores it (Tuner.restore, resume_errored); a
+grid that changed since (a grown sweep) runs afresh instead, since a restored Tuner keeps
+its old grid, and its finished trials are found by their recorded results. A
 trial that produces a result writes it to `trials/<id>/result.json` (status, metrics, or
 the error with its traceback), keyed by the content hash of what made it, so a later run
 with the same key reports the stored metrics instead of recomputing them.
@@ -16,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from rrf_ray.engine import stopping
 from rrf_ray.engine.artifacts import ArtifactStore
 from rrf_ray.engine.atomic import write_atomic
 from rrf_ray.engine.storage import SweepStorage
+
+SPACE_FILE = "rrf_ray-space.json"  # in a stage's directory: the grid it was started with
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,8 @@ def run_stage(name: str, trainable, param_space: dict, spec, storage: SweepStora
     fs = storage.fs  # None for a directory: Tune uses the local file system
     root = storage.remote if storage.is_remote else str(storage.local)
     path = f"{root}/{name}"
-    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+    space = grid_fingerprint(param_space) if search is None else None
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs) and not grid_changed(storage, name, space):
         tuner = tune.Tuner.restore(path, trainable=fn, resume_errored=True, param_space=param_space,
                                    storage_filesystem=fs)
     else:
@@ -158,7 +164,27 @@ def run_stage(name: str, trainable, param_space: dict, spec, storage: SweepStora
                 progress_reporter=tune.CLIReporter(metric_columns=metric_columns, max_report_frequency=30),
             ),
         )
-    return tuner.fit()
+        if space is not None:
+            write_atomic(storage.local / name / SPACE_FILE, space)
+            storage.push(f"{name}/{SPACE_FILE}")
+    with stopping.tune_run():  # SIGINT/SIGTERM: Tune saves its state, then the sweep stops
+        return tuner.fit()
+
+
+def grid_fingerprint(param_space: dict) -> str | None:
+    """The grid as JSON (None if it holds values JSON cannot write: such a stage always restores)."""
+    try:
+        return json.dumps(param_space, sort_keys=True, indent=1)
+    except (TypeError, ValueError):
+        return None
+
+
+def grid_changed(storage: SweepStorage, name: str, space: str | None) -> bool:
+    """Whether stage `name` was started with another grid than `space` (False when unknown)."""
+    if space is None:
+        return False
+    before = storage.read_text(f"{name}/{SPACE_FILE}")
+    return before is not None and before != space
 
 
 def raise_if_any_failed(grid, what: str) -> None:

@@ -80,13 +80,15 @@ class SweepStorage:
             return (self.local / rel).exists()
         return self._info(rel).type != pafs.FileType.NotFound
 
-    def holds_anything(self) -> bool:
+    def holds_anything(self, ignore: tuple[str, ...] = ()) -> bool:
+        """Whether the location holds files other than those named in `ignore` (e.g. a driver's lock)."""
         if not self.is_remote:
-            return self.local.exists() and any(self.local.iterdir())
+            return self.local.exists() and any(p.name not in ignore for p in self.local.iterdir())
         info = self.fs.get_file_info(self.remote)
         if info.type != pafs.FileType.Directory:
             return False
-        return bool(self.fs.get_file_info(pafs.FileSelector(self.remote, recursive=False)))
+        entries = self.fs.get_file_info(pafs.FileSelector(self.remote, recursive=False))
+        return any(e.base_name not in ignore for e in entries)
 
     def read_text(self, rel: str) -> str | None:
         """`rel` as read at the location now, or None if it is not there."""

@@ -32,6 +32,20 @@ def scaling_config(resources: ResourceSpec) -> ray.train.ScalingConfig:
                                    resources_per_worker=per_worker)
 
 
+def data_config(datasets_to_split: list[str]) -> ray.train.DataConfig:
+    """Ray Train's DataConfig with Ray Data's current execution options given explicitly.
+
+    DataConfig's default copies them into a new ExecutionOptions including the deprecated
+    `exclude_resources`, whose setter warns (RayDeprecationWarning) in every training run.
+    """
+    from ray.data import DataContext, ExecutionOptions
+
+    current = DataContext.get_current().execution_options
+    options = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=current.preserve_order,
+                               verbose_progress=current.verbose_progress, label_selector=current.label_selector)
+    return ray.train.DataConfig(datasets_to_split=datasets_to_split, execution_options=options)
+
+
 def train_run_config(name: str, storage_path, max_failures: int = 0, callbacks=None) -> ray.train.RunConfig:
     """A Ray Train run `name` under `storage_path`: rebuilt with the same two, it resumes."""
     return ray.train.RunConfig(

@@ -9,4 +9,5 @@ from rrf_ray.irl.spec import IRLExperimentSpec
 from rrf_ray.irl.stages import dry_run, run_sweep
 
 EXPERIMENT = register(Experiment("irl", IRLExperimentSpec, run=run_sweep, describe=dry_run,
-                                 write_report=write_report, user_errors=(DatasetError,)))
+                                 write_report=write_report, user_errors=(DatasetError,),
+                                 growable=("seeds", "methods")))

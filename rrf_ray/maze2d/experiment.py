@@ -9,4 +9,4 @@ from rrf_ray.maze2d.spec import Maze2DSpec
 from rrf_ray.maze2d.stages import dry_run, run_sweep
 
 EXPERIMENT = register(Experiment("maze2d", Maze2DSpec, run=run_sweep, describe=dry_run, write_report=write_report,
-                                 user_errors=(DatasetError,)), default=True)
+                                 user_errors=(DatasetError,), growable=("mazes", "goals", "seeds")), default=True)

@@ -35,6 +35,7 @@ from rrf_ray.engine.spec import ResourceSpec
 from rrf_ray.engine.training import (
     TrainingLoop,
     average_gradients,
+    data_config,
     dataset_shard,
     fit_training_run,
     train_worker_setup,
@@ -263,4 +264,4 @@ def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_p
                    max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets,
                    cache=fits)
     return fit_training_run(align_loop_per_worker, job, resources, storage_path, name, max_failures, callbacks,
-                            datasets=datasets, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]))
+                            datasets=datasets, dataset_config=data_config(["train"]))

@@ -1,11 +1,14 @@
-"""Ray start-up: a sweep joins a cluster only when asked; otherwise each gets a private local Ray."""
+"""Ray start-up: a sweep joins a cluster only when asked; otherwise each gets a private local Ray.
+Its console is quiet: Ray's own messages go to Ray's log directory unless --verbose."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 HOLD_RAY = textwrap.dedent("""
     import sys, time
@@ -62,3 +65,69 @@ def test_two_drivers_get_their_own_ray_and_one_dying_leaves_the_other(tmp_path):
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
+
+
+CHATTY = textwrap.dedent("""
+    import logging, sys, time
+    import ray
+    from rrf_ray.engine.ray_runtime import init_ray, set_verbose
+    set_verbose(sys.argv[1] == "verbose")
+    init_ray(None, num_cpus=1, dashboard=False)
+    logging.getLogger("ray.tune").warning("a warning of Ray's in the driver")
+    @ray.remote(num_cpus=0.1)
+    def chatty():
+        print("[2026-01-01 00:00:00,000 E 1 1] core_worker.cc:1: an error line of Ray's C++", flush=True)
+        print("Moving model to device: cpu", flush=True)
+        print("a warning of Ray's in a worker", file=sys.stderr, flush=True)
+        print("[toy-run] step 1/1 loss 0.5", flush=True)
+        return 1
+    ray.get(chatty.remote())
+    time.sleep(5)  # Ray's log monitor forwards worker lines to the driver within a second or so
+    print("DONE", flush=True)
+""")
+RAY_LINES = ("core_worker.cc:1: an error line", "Moving model to device", "a warning of Ray's in a worker",
+             "a warning of Ray's in the driver")
+
+
+def run_chatty(mode: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", CHATTY, mode], capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0 and "DONE" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout + r.stderr
+
+
+def test_the_console_is_quiet_unless_verbose_and_says_where_rays_messages_went():
+    quiet = run_chatty("quiet")
+    assert "[toy-run] step 1/1 loss 0.5" in quiet  # a step line, as training runs print them
+    for line in RAY_LINES:
+        assert line not in quiet, quiet
+    logs = Path(re.search(r"\[ray\] Ray's own messages: (\S+) ", quiet).group(1))
+    assert "a warning of Ray's in the driver" in (logs / "rrf_ray-driver.log").read_text()
+    workers = "".join(p.read_text(errors="replace") for p in logs.glob("worker-*"))
+    assert "core_worker.cc:1: an error line" in workers and "a warning of Ray's in a worker" in workers
+
+    verbose = run_chatty("verbose")
+    for line in (*RAY_LINES, "[toy-run] step 1/1 loss 0.5"):
+        assert line in verbose, verbose
+
+
+def test_training_runs_give_ray_data_its_options_without_the_deprecated_one(ray_local):
+    """Ray Train's default DataConfig copies `exclude_resources` and so warns in every reward
+    training run; the engine's data_config does not (the warning is fixed where it came from)."""
+    import warnings
+
+    import ray.data
+    import ray.train
+    from ray.util.annotations import RayDeprecationWarning
+
+    from rrf_ray.engine.training import data_config
+
+    def deprecations(config) -> list:
+        datasets = {"train": ray.data.from_items([{"x": i} for i in range(8)])}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            config.configure(datasets, world_size=1, worker_handles=None, worker_node_ids=None)
+        return [w for w in caught if issubclass(w.category, RayDeprecationWarning)]
+
+    assert deprecations(ray.train.DataConfig(datasets_to_split=["train"]))  # what Ray's default does
+    assert not deprecations(data_config(["train"]))

@@ -1,138 +1,202 @@
-"""The engine is generic: a toy experiment defined here (its own spec model and a two-stage runner),
-registered from outside rrf_ray, runs through `python -m rrf_ray.sweep` and resumes without
-recomputing its finished trials. No engine file names it."""
+"""The engine is generic: a toy experiment (tests/toy_experiment.py: its own spec model and a
+two-stage runner), registered from outside rrf_ray, runs through `python -m rrf_ray.sweep`,
+resumes without recomputing its finished trials, grows by a seed, and is safe beside other
+drivers: one driver per storage, a clean stop on SIGTERM/SIGINT, one private Ray per sweep.
+No engine file names it."""
 
-import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
-import textwrap
+import time
 
 import pytest
+from toy_experiment import Toy, kill_session, wait_for
 
-TOY_MODULE = textwrap.dedent('''
-    """A toy experiment: stage 1 writes one artifact per seed, stage 2 turns each into a trial result."""
-    import json
-    import os
-    from typing import Literal
+from rrf_ray.engine.stopping import STOP_DEADLINE_S
 
-    from pydantic import Field
-    from ray import tune
-
-    from rrf_ray.engine.artifacts import artifact_key
-    from rrf_ray.engine.atomic import write_atomic
-    from rrf_ray.engine.ray_runtime import init_ray
-    from rrf_ray.engine.registry import Experiment, register
-    from rrf_ray.engine.spec import ResourceSpec, Strict
-    from rrf_ray.engine.stages import (SweepPaths, raise_if_any_failed, read_trial_result, recorded_trial,
-                                       run_stage, write_sweep_files)
+RAY_INTERNALS = ("core_worker.cc", "logging.cc", "RayDeprecationWarning", "SIGTERM received")
 
 
-    class ToySpec(Strict):
-        name: str = "toy"
-        experiment: Literal["toy"] = "toy"
-        seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-        scale: float = 2.0
-        resources: ResourceSpec = Field(default_factory=lambda: ResourceSpec(max_failures=0))
+def assert_quiet(console: str, stopped: bool = False) -> None:
+    """No Ray internals on the console (nor, after a stop, any traceback: a stop is no error)."""
+    for noise in RAY_INTERNALS + (("Traceback", "KeyboardInterrupt") if stopped else ()):
+        assert noise not in console, f"{noise!r} on the console:\n{console[-3000:]}"
 
 
-    def log_call(what):
-        """Every computation leaves a line in the file named by TOY_CALLS: what ran, and how often."""
-        with open(os.environ["TOY_CALLS"], "a") as f:
-            f.write(what + "\\n")
+def resume_line(console: str) -> list[str]:
+    """The command the stopped driver printed, as argv (its `python` is this test's)."""
+    lines = [ln for ln in console.splitlines() if ln.startswith("stopped (")]
+    assert len(lines) == 1, console[-3000:]
+    argv = shlex.split(lines[0].split("resume with", 1)[1])
+    assert argv[:3] == ["python", "-m", "rrf_ray.sweep"] and "--resume" in argv
+    return [sys.executable, *argv[1:]]
 
 
-    def square(config, spec, storage):
-        store, seed = SweepPaths(storage).artifacts, config["seed"]
-        key = artifact_key("square", spec.scale, seed)
-        if not store.is_done("squares", key):
-            log_call(f"square {seed}")
-            write_atomic(store.path("squares", key) / "value.json", json.dumps(spec.scale * seed ** 2))
-            store.mark_done("squares", key)
-        tune.report({"done": 1})
-
-
-    def trial(config, spec, storage):
-        paths, seed = SweepPaths(storage), config["seed"]
-        key = artifact_key("square", spec.scale, seed)
-
-        def work():
-            log_call(f"trial {seed}")
-            if os.path.exists(os.environ["TOY_FAIL"]) and seed == 1:
-                raise RuntimeError("seed 1 fails while TOY_FAIL exists")
-            value = json.loads((paths.artifacts.path("squares", key) / "value.json").read_text())
-            return {"value": value + 1}
-
-        tune.report(recorded_trial(paths, f"seed{seed}", {"seed": seed, "key": key}, work))
-
-
-    def run(spec, storage, resume=False, address=None):
-        write_sweep_files(storage, {"spec.json": spec.model_dump_json(indent=1)})
-        init_ray(address, num_cpus=2)
-        seeds = {"seed": tune.grid_search(spec.seeds)}
-        raise_if_any_failed(run_stage("stage1-squares", square, seeds, spec, storage, resume, ["done"]), "square")
-        run_stage("stage2-trials", trial, seeds, spec, storage, resume, ["value"])
-        return write_report(storage.local)
-
-
-    def write_report(sweep_dir):
-        from rrf_ray.engine.storage import SweepStorage
-
-        storage = SweepStorage(str(sweep_dir.parent), sweep_dir.name)
-        rows = [read_trial_result(storage, f"seed{s}") for s in ToySpec.model_validate_json(
-            (sweep_dir / "spec.json").read_text()).seeds]
-        lines = [f"seed {r['seed']}: {r['status']} {r['metrics']}" for r in rows if r]
-        return write_atomic(sweep_dir / "report.md", "\\n".join(lines) + "\\n")
-
-
-    def describe(spec):
-        return f"toy sweep {spec.name}: {len(spec.seeds)} seeds, 2 stages"
-
-
-    register(Experiment("toy", ToySpec, run=run, describe=describe, write_report=write_report))
-''')
-
-
-def toy_sweep(tmp_path, *args, timeout=300):
-    env = {**os.environ, "RRF_RAY_EXPERIMENTS": "toy_experiment_module",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-           "TOY_CALLS": str(tmp_path / "calls.txt"), "TOY_FAIL": str(tmp_path / "FAIL")}
-    return subprocess.run([sys.executable, "-m", "rrf_ray.sweep", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def in_trials_stage(toy: Toy, seed_done: int, seed_held: int):
+    """Once `seed_done`'s trial has finished and `seed_held`'s is running (held by TOY_HOLD)."""
+    return lambda: ((toy.result(seed_done) or {}).get("status") == "ok"
+                    and f"trial {seed_held}" in toy.call_lines())
 
 
 @pytest.mark.slow
-def test_a_toy_experiment_registers_itself_runs_and_resumes(tmp_path):
-    (tmp_path / "toy_experiment_module.py").write_text(TOY_MODULE)
-    (tmp_path / "toy.yaml").write_text("experiment: toy\nname: toy\nseeds: [0, 1, 2]\nscale: 3.0\n")
-    storage, calls = tmp_path / "results", tmp_path / "calls.txt"
+def test_a_toy_experiment_registers_itself_runs_resumes_and_grows(tmp_path):
+    toy = Toy(tmp_path, seeds=(0, 1, 2), scale=3.0)
 
-    dry = toy_sweep(tmp_path, str(tmp_path / "toy.yaml"), "--dry-run")
+    dry = toy.run("--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "toy sweep toy: 3 seeds, 2 stages" in dry.stdout
 
-    bad = toy_sweep(tmp_path, str(tmp_path / "toy.yaml"), "--set", "scael=1", "--dry-run")
+    bad = toy.run("--set", "scael=1", "--dry-run")
     assert bad.returncode == 2 and "scael" in bad.stderr  # the toy's spec model, strict like every other
 
     (tmp_path / "FAIL").write_text("")
-    first = toy_sweep(tmp_path, str(tmp_path / "toy.yaml"), "--storage", str(storage))
+    first = toy.run()
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    results = {s: json.loads((storage / "toy" / "trials" / f"seed{s}" / "result.json").read_text())
-               for s in (0, 1, 2)}
-    assert [results[s]["status"] for s in (0, 1, 2)] == ["ok", "failed", "ok"]
-    assert results[2]["metrics"] == {"value": 3.0 * 4 + 1}
-    assert sorted(calls.read_text().split("\n")[:-1]) == sorted(
-        ["square 0", "square 1", "square 2", "trial 0", "trial 1", "trial 2"])
+    assert [toy.result(s)["status"] for s in (0, 1, 2)] == ["ok", "failed", "ok"]
+    assert toy.result(2)["metrics"] == {"value": 3.0 * 4 + 1}
+    assert sorted(toy.call_lines()) == sorted(["square 0", "square 1", "square 2", "trial 0", "trial 1", "trial 2"])
+    assert "[toy-seed2] value 13.0" in first.stdout  # a trial's own step line reaches the quiet console
+    assert_quiet(first.stdout + first.stderr)
 
     (tmp_path / "FAIL").unlink()
-    calls.write_text("")
-    again = toy_sweep(tmp_path, str(tmp_path / "toy.yaml"), "--storage", str(storage), "--resume")
+    toy.calls.write_text("")
+    again = toy.run("--resume")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert calls.read_text().split("\n")[:-1] == ["trial 1"]  # only the failed trial ran again
-    report = (storage / "toy" / "report.md").read_text()
+    assert toy.call_lines() == ["trial 1"]  # only the failed trial ran again
+    report = (toy.root / "report.md").read_text()
     assert "seed 1: ok {'value': 4.0}" in report and "seed 0: ok {'value': 1.0}" in report
 
-    rebuilt = subprocess.run([sys.executable, "-m", "rrf_ray.report", str(storage / "toy")], capture_output=True,
-                             text=True, timeout=120, env={**os.environ, "RRF_RAY_EXPERIMENTS": "toy_experiment_module",
-                                                           "PYTHONPATH": str(tmp_path)})
+    # grown by a seed: only the new seed is computed; the finished results stay byte for byte
+    before = {s: toy.result_bytes(s) for s in (0, 1, 2)}
+    toy.calls.write_text("")
+    grown = toy.run("--resume", "--set", "seeds=[0, 1, 2, 3]")
+    assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
+    assert "growing" in grown.stdout and "seeds + [3]" in grown.stdout
+    assert grown.stdout.startswith("[ray] started a private local Ray")  # the first line, as in every run
+    assert sorted(toy.call_lines()) == ["square 3", "trial 3"]
+    assert {s: toy.result_bytes(s) for s in (0, 1, 2)} == before
+    assert "seed 3: ok {'value': 28.0}" in (toy.root / "report.md").read_text()
+    assert '"seeds": [\n  0,\n  1,\n  2,\n  3\n ]' in (toy.root / "spec.json").read_text()
+    # shrinking, or changing anything else, is refused naming the field
+    refused = toy.run("--resume", "--set", "seeds=[0, 1, 2, 3]", "--set", "scale=4")
+    assert refused.returncode == 2 and "spec differs" in refused.stderr and " scale" in refused.stderr
+    refused = toy.run("--resume", "--set", "seeds=[0, 1]")
+    assert refused.returncode == 2 and " seeds" in refused.stderr
+
+    rebuilt = subprocess.run([sys.executable, "-m", "rrf_ray.report", str(toy.root)], capture_output=True,
+                             text=True, timeout=120, env=toy.env)
     assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_sigterm_or_ctrl_c_in_the_trials_stage_stops_resumably(tmp_path):
+    """SIGTERM: exit 143, no stack dumps, one line with the command that resumes; that command
+    stopped by SIGINT (Ctrl-C) exits 130, and by a SIGTERM to its whole process group (which
+    stops its Ray too) 143 within the stop's deadline; run once more it completes, finished
+    trials untouched."""
+    toy = Toy(tmp_path, seeds=(0, 1))
+    toy.hold.write_text("1")
+    log = tmp_path / "first.log"
+    first = toy.start(log=log)
+    try:
+        wait_for(in_trials_stage(toy, 0, 1), first, log, what="seed 0's trial finished")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 143, log.read_text()[-3000:]
+    finally:
+        kill_session(first)
+    console = log.read_text()
+    assert_quiet(console, stopped=True)
+    resume = resume_line(console)
+    assert resume[3:] == [str(toy.yaml), "--storage", str(toy.storage), "--resume"]
+    assert not (toy.root / "driver.lock").exists()
+    finished = toy.result_bytes(0)
+
+    for name, signum, code in (("second", signal.SIGINT, 130), ("third", signal.SIGTERM, 143)):
+        toy.calls.write_text("")
+        log = tmp_path / f"{name}.log"
+        again = subprocess.Popen(resume, stdout=log.open("w"), stderr=subprocess.STDOUT, env=toy.env,
+                                 start_new_session=True)
+        try:
+            wait_for(lambda: "trial 1" in toy.call_lines(), again, log, what="seed 1's trial restarted")
+            os.killpg(again.pid, signum)  # as Ctrl-C in a terminal does, or `kill -TERM -PGID`
+            assert again.wait(timeout=STOP_DEADLINE_S + 60) == code, log.read_text()[-3000:]
+        finally:
+            kill_session(again)
+        assert_quiet(log.read_text(), stopped=True)
+        assert resume_line(log.read_text()) == resume
+        assert not (toy.root / "driver.lock").exists()
+
+    toy.hold.unlink()
+    toy.calls.write_text("")
+    done = toy.run(args=resume)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert toy.call_lines() == ["trial 1"]
+    assert toy.result_bytes(0) == finished and toy.result(1)["metrics"] == {"value": 4.0}
+
+
+def test_a_stop_outside_the_tune_stages_is_as_clean(tmp_path):
+    """SIGTERM while the driver waits in ray.get (as in a dataset stage): exit 143 and the resume line."""
+    toy = Toy(tmp_path, seeds=(0,))
+    toy.hold.write_text("prepare")
+    log = tmp_path / "driver.log"
+    driver = toy.start(log=log)
+    try:
+        wait_for(lambda: "[toy] preparing" in log.read_text(), driver, log, what="the driver's ray.get")
+        time.sleep(1)
+        driver.send_signal(signal.SIGTERM)
+        assert driver.wait(timeout=120) == 143, log.read_text()[-3000:]
+    finally:
+        kill_session(driver)
+    assert_quiet(log.read_text(), stopped=True)
+    assert resume_line(log.read_text())[3:] == [str(toy.yaml), "--storage", str(toy.storage), "--resume"]
+    assert not (toy.root / "driver.lock").exists()
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_and_one_driver_per_storage(tmp_path):
+    """Two toy sweeps on different storages at once each start their own Ray. A second driver on
+    the first's storage exits 2 naming the first's pid. SIGKILLing the first leaves the other to
+    complete, and `--resume` takes the killed driver's lock over and completes its sweep without
+    recomputing its finished trial."""
+    a, b = Toy(tmp_path / "a", seeds=(0, 1)), Toy(tmp_path / "b", seeds=(0, 1))
+    for toy in (a, b):
+        toy.hold.write_text("1")
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+    proc_a = a.start(log=log_a)
+    proc_b = b.start("--resume", log=log_b)  # nothing to resume there yet: it says so and starts
+    try:
+        wait_for(in_trials_stage(a, 0, 1), proc_a, log_a, what="sweep a's trials stage")
+        wait_for(in_trials_stage(b, 0, 1), proc_b, log_b, what="sweep b's trials stage")
+        ray_a, ray_b = (re.search(r"\[ray\] started a private local Ray \((\S+)\)", log.read_text())
+                        for log in (log_a, log_b))
+        assert ray_a and ray_b and ray_a.group(1) != ray_b.group(1)
+        assert "holds no sweep yet; starting a new one" in log_b.read_text()
+
+        second = a.run("--resume")
+        assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+        assert f"in use by another driver: pid {proc_a.pid} " in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1  # one clear line
+
+        os.kill(proc_a.pid, signal.SIGKILL)
+        kill_session(proc_a)  # and its Ray, whose trials would outlive it for a while
+        b.hold.unlink()
+        assert proc_b.wait(timeout=240) == 0, log_b.read_text()[-3000:]
+    finally:
+        kill_session(proc_a)
+        kill_session(proc_b)
+    assert b.result(1)["status"] == "ok" and "seed 1: ok" in (b.root / "report.md").read_text()
+    assert (a.root / "driver.lock").exists()  # left behind by the killed driver
+
+    finished = a.result_bytes(0)
+    a.hold.unlink()
+    a.calls.write_text("")
+    resumed = a.run("--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"took over {a.root}" in resumed.stdout and f"pid {proc_a.pid}" in resumed.stdout
+    assert resumed.stdout.startswith("[ray] started a private local Ray")
+    assert a.call_lines() == ["trial 1"]
+    assert a.result_bytes(0) == finished and "seed 1: ok" in (a.root / "report.md").read_text()
+    assert not (a.root / "driver.lock").exists()
