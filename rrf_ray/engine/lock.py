@@ -74,6 +74,7 @@ class StorageLock:
                      "started": datetime.now().astimezone().isoformat(timespec="seconds"), "command": command,
                      "token": uuid.uuid4().hex}
         self._fd: int | None = None
+        self._made: list[Path] = []  # directories the lock created: removed again if left empty
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -120,7 +121,9 @@ class StorageLock:
 
     def acquire(self) -> str | None:
         if not self.storage.is_remote:
+            missing = [p for p in (self.storage.local, *self.storage.local.parents) if not p.exists()]
             self.storage.local.mkdir(parents=True, exist_ok=True)
+            self._made = missing  # deepest first
             try:
                 return self._acquire_flock()
             except OSError as e:  # a file system without flock: the heartbeat instead
@@ -211,3 +214,9 @@ class StorageLock:
             current = self._read()
             if current and current.get("token") == self.info["token"]:
                 self._delete()
+        for directory in self._made:  # a run that wrote nothing leaves no trace
+            try:
+                directory.rmdir()
+            except OSError:  # not empty: the sweep wrote something
+                break
+        self._made = []

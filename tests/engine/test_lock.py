@@ -39,9 +39,12 @@ def test_a_second_lock_on_a_directory_is_refused_naming_the_holder(tmp_path):
     finally:
         first.release()
     assert not (tmp_path / "sweep" / LOCK_FILE).exists()  # released: the next driver finds nothing to take over
+    assert not (tmp_path / "sweep").exists()  # the lock made the directory, nothing else wrote to it: gone again
     again = StorageLock(storage)
     assert again.acquire() is None
+    (tmp_path / "sweep" / "spec.json").write_text("{}")
     again.release()
+    assert (tmp_path / "sweep" / "spec.json").exists()  # a directory the sweep wrote to stays
 
 
 def test_the_lock_of_a_killed_driver_is_taken_over_with_a_message(tmp_path):
