@@ -4,6 +4,9 @@
       the Maze2D base dataset (no --goal) or the expert dataset of goal K, in parallel Ray tasks
   python -m rrf_ray.data d4rl-hdf5 FILE --id ID --env ENV [--root DIR] [--overwrite]
       a D4RL HDF5 file (e.g. halfcheetah_medium_replay-v2.hdf5) as Minari dataset ID for ENV
+  python -m rrf_ray.data sac ENV_ID [ENV_ID ...] --steps N [--seed S] [--medium-return R] [--root DIR] ...
+      D4RL-style replay, medium and expert datasets made by training SAC (pip install -e '.[rl]'),
+      one Ray task per environment: rrf/ENV-sac-{replay,medium,expert}-v0
 """
 
 from __future__ import annotations
@@ -40,7 +43,71 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--env", required=True, help="gymnasium environment id, e.g. HalfCheetah-v5")
     d.add_argument("--root", default=None, help="Minari datasets root (default: MINARI_DATASETS_PATH)")
     d.add_argument("--overwrite", action="store_true", help="replace a dataset of that id made from another file")
+    s = sub.add_parser("sac", help="train SAC and write D4RL-style replay, medium and expert datasets")
+    s.add_argument("env_ids", nargs="+", metavar="ENV_ID", help="gymnasium MuJoCo environment, e.g. HalfCheetah-v5")
+    s.add_argument("--steps", type=int, required=True, help="SAC environment steps (e.g. 200000 in ~40 min on a CPU core)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--medium-return", type=float, default=None,
+                   help="the return that makes a policy 'medium' (default: 1/3 of the way from a random policy's "
+                        "return to the final policy's, as D4RL); "
+                        "only with a single ENV_ID")
+    s.add_argument("--episodes", type=int, default=100, help="rollouts of the medium and of the expert policy")
+    s.add_argument("--episode-steps", type=int, default=None, help="episode length (default: the environment's)")
+    s.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints and evaluations (default: steps / 20)")
+    s.add_argument("--root", default=None, help="Minari datasets root (default: MINARI_DATASETS_PATH)")
+    s.add_argument("--overwrite", action="store_true", help="retrain and replace what another run made")
+    s.add_argument("--address", default=None, help="Ray address (default: running cluster, else local)")
+    s.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def sac_main(args) -> int:
+    """One Ray task per environment: train SAC (or reuse / resume it), then write its three datasets."""
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        exit_on_user_error(ConfigError("`sac` needs stable-baselines3: pip install -e '.[rl]'"))
+    import gymnasium as gym
+
+    for name, value in (("--steps", args.steps), ("--episodes", args.episodes)):
+        if value <= 0:
+            exit_on_user_error(ConfigError(f"{name} must be positive, got {value}"))
+    if args.medium_return is not None and len(args.env_ids) > 1:
+        exit_on_user_error(ConfigError("--medium-return is one environment's return: give a single ENV_ID"))
+    for env_id in args.env_ids:
+        try:
+            gym.spec(env_id)
+        except gym.error.Error as e:
+            exit_on_user_error(ConfigError(f"unknown environment {env_id!r}: {e}"))
+
+    import ray
+
+    from rrf_ray.data.minari_io import DatasetError
+    from rrf_ray.data.sac import DatasetSettings, SACSettings, make_sac_datasets
+    from rrf_ray.engine.ray_runtime import init_ray
+
+    init_ray(args.address, dashboard=False)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // len(args.env_ids))
+    data = DatasetSettings(medium_return=args.medium_return, episodes=args.episodes)
+    task = ray.remote(make_sac_datasets).options(num_cpus=cpus, max_retries=0)
+    refs = [task.remote(SACSettings(env_id, args.steps, args.seed, args.episode_steps, args.checkpoint_every),
+                        data, args.root, threads=cpus, progress=not args.no_progress, overwrite=args.overwrite)
+            for env_id in args.env_ids]
+    try:
+        summaries = ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, DatasetError):
+            exit_on_user_error(e.cause)
+        raise
+    for summary in summaries:
+        print(f"{summary['env_id']} seed {summary['seed']}: random policy {summary['random_return']}, "
+              f"evaluation returns by step {summary['evaluations']}")
+        for kind, did in summary["datasets"].items():
+            k = summary[kind]
+            print(f"  {did}: {k['episodes']} episodes, return {k['mean_return']:.1f} +- {k['std_return']:.1f}")
+        print(f"  policies: {summary['policies']}")
+    return 0
 
 
 def convert_main(args) -> int:
@@ -59,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "d4rl-hdf5":
         return convert_main(args)
+    if args.command == "sac":
+        return sac_main(args)
     try:
         spec = load_spec(args.spec, args.overrides)
         maze = spec.maze(args.maze)

@@ -10,15 +10,12 @@ last step of each episode has no successor and is dropped (as D4RL's own
 
 from __future__ import annotations
 
-import shutil
-import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rrf_ray.data.minari_io import DatasetError, dataset_dir, minari_root, read_metadata, swap_into_place
+from rrf_ray.data.minari_io import DatasetError, dataset_dir, read_metadata, write_dataset
 
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 SOURCE_KEY = "rrf_d4rl_source"
@@ -79,7 +76,6 @@ def read_d4rl_episodes(path) -> list[D4RLEpisode]:
 def convert_d4rl_hdf5(path, dataset_id: str, env_id: str, root=None, overwrite: bool = False) -> str:
     """Write the episodes of D4RL file `path` as the local Minari dataset `dataset_id` (for `env_id`)."""
     import gymnasium as gym
-    import minari
     from minari.data_collector import EpisodeBuffer
 
     path = Path(path).resolve()
@@ -106,17 +102,10 @@ def convert_d4rl_hdf5(path, dataset_id: str, env_id: str, root=None, overwrite: 
                              terminations=np.r_[np.zeros(len(e.actions) - 1, bool), e.terminated],
                              truncations=np.r_[np.zeros(len(e.actions) - 1, bool), e.truncated])
                for e in episodes]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
-        with minari_root(tmp_root), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # Minari warns about fields we leave unset
-            dataset = minari.create_dataset_from_buffers(
-                dataset_id, buffers, env=env, algorithm_name="D4RL (converted by rrf_ray)",
-                description=f"Converted from the D4RL file {path.name} by python -m rrf_ray.data d4rl-hdf5.")
-            dataset.storage.update_metadata({SOURCE_KEY: source})
-        swap_into_place(tmp_root / dataset_id, final)
+        write_dataset(dataset_id, buffers, env, root, metadata={SOURCE_KEY: source},
+                      algorithm_name="D4RL (converted by rrf_ray)",
+                      description=f"Converted from the D4RL file {path.name} by python -m rrf_ray.data d4rl-hdf5.")
     finally:
         env.close()
-        shutil.rmtree(tmp_root, ignore_errors=True)
     return dataset_id

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,35 @@ def swap_into_place(built: Path, final: Path) -> None:
     os.replace(built, final)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def building(did: str, root=None):
+    """A fresh directory in which Minari builds dataset `did` (MINARI_DATASETS_PATH points there
+    meanwhile): swapped into the dataset's place when the block ends without an error, removed
+    in every case, so a crash leaves the old dataset (or none), never a half-written one."""
+    final = dataset_dir(did, root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with minari_root(tmp_root), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Minari warns about fields we leave unset
+            yield tmp_root
+        swap_into_place(tmp_root / did, final)
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def write_dataset(did: str, buffers, env, root=None, metadata: dict | None = None, **create_kwargs) -> str:
+    """Local Minari dataset `did` from a list of EpisodeBuffers, written atomically (`building`);
+    `metadata` (JSON-able) joins Minari's own; `create_kwargs` go to create_dataset_from_buffers."""
+    import minari
+
+    with building(did, root):
+        dataset = minari.create_dataset_from_buffers(did, buffers, env=env, **create_kwargs)
+        if metadata:
+            dataset.storage.update_metadata(metadata)
+    return did
 
 
 def heldout_episodes(n_episodes: int, fraction: float, seed: int) -> list[int]:

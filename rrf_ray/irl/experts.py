@@ -9,19 +9,10 @@ non-overlapping K-row segments on the base diffuser's time stride.
 
 from __future__ import annotations
 
-import shutil
-import uuid
-import warnings
-
 import numpy as np
 import ray
 
-from rrf_ray.data.minari_io import (
-    DatasetError,
-    dataset_dir,
-    minari_root,
-    swap_into_place,
-)
+from rrf_ray.data.minari_io import DatasetError, dataset_dir, write_dataset
 from rrf_ray.data.windows import Normalizer, episode_rows, open_dataset
 from rrf_ray.maze2d.mazes import Maze
 
@@ -54,8 +45,6 @@ def make_expert_dataset(did: str, generation: dict, base_dir: str, maze: Maze, t
     `spec` is an ExpertDataSpec; `generation` (JSON) is recorded in the metadata, and an existing
     dataset made from the same generation is reused.
     """
-    import minari
-
     from rrf_ray.irl.rollouts import start_table
     from rrf_ray.maze2d.pointmaze import make_env
 
@@ -82,21 +71,14 @@ def make_expert_dataset(did: str, generation: dict, base_dir: str, maze: Maze, t
             buffers.append(EpisodeBuffer(observations=obs.astype(np.float64), actions=act.astype(np.float32),
                                          rewards=true_reward(obs[1:, :2]).astype(np.float64),
                                          terminations=np.zeros(n, dtype=bool), truncations=truncations))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     env = make_env(maze)
     try:
-        with minari_root(tmp_root), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # Minari warns about fields we leave unset
-            dataset = minari.create_dataset_from_buffers(
-                did, buffers, env=env, observation_space=env.observation_space["observation"],
-                action_space=env.action_space, algorithm_name="rrf_ray: base diffuser guided by the true reward",
-                description=f"IRL expert rollouts in {maze.name}: {len(buffers)} rollouts of {spec.steps} steps")
-            dataset.storage.update_metadata({GENERATION_KEY: generation})
-        swap_into_place(tmp_root / did, final)
+        write_dataset(did, buffers, env, root, metadata={GENERATION_KEY: generation},
+                      observation_space=env.observation_space["observation"], action_space=env.action_space,
+                      algorithm_name="rrf_ray: base diffuser guided by the true reward",
+                      description=f"IRL expert rollouts in {maze.name}: {len(buffers)} rollouts of {spec.steps} steps")
     finally:
         env.close()
-        shutil.rmtree(tmp_root, ignore_errors=True)
     return did
 
 

@@ -88,6 +88,26 @@ def dataset_fingerprint(did: str, root) -> str:
     return h.hexdigest()[:16]
 
 
+def data_scores(spec: LocomotionSweepSpec) -> dict:
+    """How good each environment's base and expert data are, on the rollouts' scale: the
+    D4RL-normalised return of every episode's first `rollout.max_steps` steps (the rollouts'
+    length), mean ± standard error over episodes. Table 1 shows them beside the planners."""
+    from rrf_ray.data.windows import open_dataset
+    from rrf_ray.locomotion.rollouts import d4rl_score
+    from rrf_ray.metrics.intervals import standard_error
+
+    root, steps, out = root_of(spec), spec.rollout.max_steps, {}
+    for env, e in spec.environments.items():
+        out[env] = {}
+        for role in ROLES:
+            ds = open_dataset(dataset_of(spec, env, role), root)
+            returns = np.array([float(np.sum(ep.rewards[:steps])) for ep in ds.iterate_episodes()])
+            scores = d4rl_score(returns, *e.reference_scores)
+            out[env][role] = {"episodes": len(returns), "steps": steps, "return_mean": float(returns.mean()),
+                              "score": float(scores.mean()), "score_se": standard_error(scores)}
+    return out
+
+
 def env_windows(spec: LocomotionSweepSpec, env: str, role: str, split: str = "train",
                 normalizer: Normalizer | str = "standard") -> TrajectoryWindows:
     """Contiguous windows of H steps of [action | observation], normalised by mean/std."""

@@ -98,21 +98,33 @@ def env_key(results: list[dict], env: str) -> str:
     return env.split("-")[0].lower()
 
 
-def markdown(results: list[dict], problems: list[dict], sweep_name: str) -> str:
+def _data_cell(scores: dict | None) -> str:
+    return "—" if not scores else f"{scores['score']:.2f} ± {scores['score_se']:.2f}"
+
+
+def markdown(results: list[dict], problems: list[dict], sweep_name: str, data: dict | None = None) -> str:
+    """`data`: the base and expert data's own scores per environment (data_scores.json), if known."""
     table = settings(results)
     best = best_settings(table)
+    data = data or {}
     envs = sorted({s.env for s in table.values()})
+    steps = sorted({r["steps"] for d in data.values() for r in d.values()})
     lines = [f"# Locomotion steering: {sweep_name}", "",
              "D4RL-normalised score, mean ± standard error over every rollout of every seed; a steered "
-             "method's entry is its best (ω, t_stopgrad) by mean score.", "",
-             "| Environment | Unsteered | Discriminator | Relative reward (ours) | best ω / t_stopgrad (ours) | "
-             "Paper (unsteered / discriminator / RRF) |",
-             "|---|---|---|---|---|---|"]
+             "method's entry is its best (ω, t_stopgrad) by mean score. The data columns score the episodes "
+             "the base and the expert were trained on the same way"
+             + (f", over their first {', '.join(map(str, steps))} steps (the rollouts' length)" if steps else "")
+             + ": where the planner sits between them.", "",
+             "| Environment | Base data | Unsteered | Discriminator | Relative reward (ours) | "
+             "best ω / t_stopgrad (ours) | Expert data | Paper (unsteered / discriminator / RRF) |",
+             "|---|---|---|---|---|---|---|---|"]
     for env in envs:
         u, d, r = (best.get((env, m)) for m in ("unsteered", "discriminator", "rrf"))
         paper = PAPER_TABLE1.get(env_key(results, env))
-        lines.append(f"| {env} | {_cell(u, False)} | {_cell(d, True)} | {_cell(r, False)} | "
-                     f"{'—' if r is None else f'{r.omega:g} / {r.t_stopgrad}'} | "
+        scores = data.get(env, {})
+        lines.append(f"| {env} | {_data_cell(scores.get('base'))} | {_cell(u, False)} | {_cell(d, True)} | "
+                     f"{_cell(r, False)} | {'—' if r is None else f'{r.omega:g} / {r.t_stopgrad}'} | "
+                     f"{_data_cell(scores.get('expert'))} | "
                      f"{'—' if paper is None else ' / '.join(f'{v:.2f}' for v in paper)} |")
     lines += ["", "## Every setting", "", "| env | method | ω | t_stopgrad | score | episodes |", "|---|---|---|---|---|---|"]
     for s in sorted(table.values(), key=lambda s: (s.env, s.method, s.omega, s.t_stopgrad)):
@@ -174,7 +186,9 @@ def write_csv(results: list[dict], problems: list[dict]) -> str:
 def write_locomotion_report(sweep_dir) -> Path:
     sweep_dir = Path(sweep_dir)
     results, problems = load_results(sweep_dir)
-    write_atomic(sweep_dir / "report.md", markdown(results, problems, sweep_dir.name))
+    scores_file = sweep_dir / "data_scores.json"
+    data = json.loads(scores_file.read_text()) if scores_file.exists() else None
+    write_atomic(sweep_dir / "report.md", markdown(results, problems, sweep_dir.name, data))
     write_atomic(sweep_dir / "results.csv", write_csv(results, problems))
     plot_score_vs_omega(results, sweep_dir / "figures" / "score_vs_omega.png")
     return sweep_dir / "report.md"

@@ -30,6 +30,7 @@ from rrf_ray.locomotion.spec import LocomotionSweepSpec
 
 STAGE_MODELS, STAGE_REWARDS, STAGE_ROLLOUTS = "stage2-models", "stage3-rewards", "stage4-rollouts"
 DATASETS_FILE = "datasets.json"
+DATA_SCORES_FILE = "data_scores.json"  # the base and expert data's own scores, for Table 1
 ROLLOUT_METRICS = ["score", "score_se", "return_mean", "length_mean"]
 
 
@@ -330,10 +331,13 @@ def run_locomotion_sweep(spec: LocomotionSweepSpec, storage: SweepStorage, resum
 
     check_search_available(spec)
     fingerprints = check_and_fingerprint(spec)  # before any work: a missing dataset fails here
+    from rrf_ray.locomotion.datasets import data_scores
+
     sweep_dir = storage.local
     write_sweep_files(storage, {"spec.json": spec.model_dump_json(indent=1),
                                 "trials.json": json.dumps(trial_table(spec), indent=1),
-                                DATASETS_FILE: json.dumps(fingerprints, indent=1)})
+                                DATASETS_FILE: json.dumps(fingerprints, indent=1),
+                                DATA_SCORES_FILE: json.dumps(data_scores(spec), indent=1)})
     init_ray(address, num_cpus=spec.resources.num_cpus or (os.cpu_count() or 1) + 1)
     quiet_ray_data()
     envs = list(spec.environments)

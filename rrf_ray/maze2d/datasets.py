@@ -11,9 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
-import uuid
-import warnings
 import zlib
 
 import numpy as np
@@ -23,11 +20,10 @@ from tqdm.auto import tqdm
 from rrf_ray.data.minari_io import (
     HELDOUT_KEY,
     DatasetError,
+    building,
     dataset_dir,
     heldout_episodes,
-    minari_root,
     read_metadata,
-    swap_into_place,
 )
 from rrf_ray.maze2d.generate import Chunk, generate_chunk
 from rrf_ray.maze2d.mazes import Maze
@@ -140,9 +136,6 @@ def generate_maze2d(maze: Maze, goal: int | None, transitions: int, seed: int, d
     seeds = _chunk_seeds(did, seed, len(plan))
     workers = workers or data.workers or max(1, int(ray.available_resources().get("CPU", 1)))
 
-    final = dataset_dir(did, root)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp_root = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     env = make_env(maze)
     try:
         pending, ready, next_to_write, dropped = {}, {}, 0, 0
@@ -157,7 +150,7 @@ def generate_maze2d(maze: Maze, goal: int | None, transitions: int, seed: int, d
                 pending[ref] = i
 
         bar = tqdm(total=transitions, unit="steps", desc=did, disable=not progress, mininterval=1.0)
-        with minari_root(tmp_root), bar:
+        with building(did, root), bar:
             submit_more()
             while next_to_write < len(plan):
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -170,15 +163,13 @@ def generate_maze2d(maze: Maze, goal: int | None, transitions: int, seed: int, d
                     chunk = ready.pop(next_to_write)
                     dropped += chunk.dropped_episodes
                     if dataset is None:
-                        with warnings.catch_warnings():  # Minari warns about fields we leave unset
-                            warnings.simplefilter("ignore", UserWarning)
-                            dataset = minari.create_dataset_from_buffers(
-                                did, list(_buffers(chunk)), env=env,
-                                observation_space=env.observation_space["observation"],
-                                action_space=env.action_space,
-                                algorithm_name="rrf_ray waypoint controller (D4RL Maze2D procedure)",
-                                description=_describe(maze, goal, transitions, seed),
-                            )
+                        dataset = minari.create_dataset_from_buffers(
+                            did, list(_buffers(chunk)), env=env,
+                            observation_space=env.observation_space["observation"],
+                            action_space=env.action_space,
+                            algorithm_name="rrf_ray waypoint controller (D4RL Maze2D procedure)",
+                            description=_describe(maze, goal, transitions, seed),
+                        )
                     else:
                         dataset.storage.update_episodes(_buffers(chunk))
                     next_to_write += 1
@@ -188,11 +179,8 @@ def generate_maze2d(maze: Maze, goal: int | None, transitions: int, seed: int, d
                 HELDOUT_KEY: heldout_episodes(n_episodes, data.heldout_fraction, seed),
                 "rrf_dropped_episodes": int(dropped),
             })
-        built = tmp_root / did
-        swap_into_place(built, final)
     finally:
         env.close()
-        shutil.rmtree(tmp_root, ignore_errors=True)
     return did
 
 

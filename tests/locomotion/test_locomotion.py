@@ -185,9 +185,18 @@ def _result(sweep_dir: Path, tid: str) -> dict:
 @pytest.mark.slow
 def test_tiny_profile_runs_end_to_end_and_writes_table_and_plot(tiny_sweep):
     report = (tiny_sweep / "report.md").read_text()
-    assert "| Environment | Unsteered | Discriminator | Relative reward (ours) |" in report
+    assert "| Environment | Base data | Unsteered | Discriminator | Relative reward (ours) |" in report
     row = next(line for line in report.splitlines() if line.startswith("| halfcheetah |"))
-    assert row.count("±") == 3 and "30.38 / 30.41 / 31.65" in row  # ours, then the paper's Table 1
+    assert row.count("±") == 5 and "30.38 / 30.41 / 31.65" in row  # data, ours, data, then the paper's Table 1
+    # the data columns: each dataset's episodes scored over the rollouts' 8 steps
+    data = json.loads((tiny_sweep / "data_scores.json").read_text())["halfcheetah"]
+    for role, episodes in (("base", _episodes("random", 0)), ("expert", _episodes("gait", 1))):
+        expected = d4rl_score([r[:8].sum() for _, _, r in episodes], -280.178953, 12135.0)
+        assert data[role]["steps"] == 8 and data[role]["episodes"] == N_EPISODES
+        assert data[role]["score"] == pytest.approx(expected.mean())
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[2] == f"{data['base']['score']:.2f} ± {data['base']['score_se']:.2f}"
+    assert cells[7] == f"{data['expert']['score']:.2f} ± {data['expert']['score_se']:.2f}"
     lines = (tiny_sweep / "results.csv").read_text().splitlines()
     assert len(lines) == 1 + 5 and all(",ok," in line for line in lines[1:])
     assert mpimg.imread(tiny_sweep / "figures" / "score_vs_omega.png").shape[0] > 100
