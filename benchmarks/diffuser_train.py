@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from rrf_ray.data.windows import TrajectoryWindows
-from rrf_ray.diffusion.model import TrajectoryDiffuser
+from rrf_ray.diffusion.model import DiffusionLoss, TrajectoryDiffuser
 from rrf_ray.diffusion.spec import DiffusionSpec
-from rrf_ray.diffusion.train import _Loss, train_diffuser
+from rrf_ray.diffusion.train import train_diffuser
 from rrf_ray.engine.checkpoints import adam
 from rrf_ray.engine.ray_runtime import init_ray
 from rrf_ray.engine.spec import ResourceSpec
@@ -32,7 +32,7 @@ from rrf_ray.engine.spec import ResourceSpec
 def bare_samples_per_s(windows: TrajectoryWindows, spec: DiffusionSpec, steps: int, warmup: int) -> float:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    loss_module = _Loss(TrajectoryDiffuser(windows.transition_dim, windows.action_dim, windows.horizon, spec), True)
+    loss_module = DiffusionLoss(TrajectoryDiffuser(windows.transition_dim, windows.action_dim, windows.horizon, spec), True)
     opt = adam(loss_module.parameters(), spec.learning_rate)
     for i in range(warmup + steps):
         if i == warmup:

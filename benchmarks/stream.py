@@ -30,7 +30,8 @@ from rrf_ray.diffusion.model import TrajectoryDiffuser
 from rrf_ray.diffusion.spec import DiffusionSpec
 from rrf_ray.engine.checkpoints import adam
 from rrf_ray.engine.ray_runtime import init_ray
-from rrf_ray.rrf.align import alignment_terms, shard_datasets
+from rrf_ray.rrf.align import shard_datasets
+from rrf_ray.rrf.reward_nets import alignment_terms
 from rrf_ray.rrf.pregenerate import pregenerate
 from rrf_ray.rrf.reward_nets import build_reward_net
 from rrf_ray.rrf.spec import PregenSpec, RewardSpec

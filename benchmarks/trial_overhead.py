@@ -38,7 +38,7 @@ from rrf_ray.engine.stages import SweepPaths, run_stage
 from rrf_ray.engine.storage import SweepStorage
 from rrf_ray.maze2d.evaluation import evaluate_reward
 from rrf_ray.maze2d.stages import STAGE_BASE, STAGE_TRIALS, base_key, make_datasets, train_base, trial_id, windows
-from rrf_ray.rrf.align import alignment_terms
+from rrf_ray.rrf.reward_nets import alignment_terms
 from rrf_ray.rrf.pregenerate import noised_triples
 from rrf_ray.rrf.reward_nets import build_reward_net
 from rrf_ray.rrf.shards import triples_table, write_shard

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import ray
 
 # Tests must never touch the user's ~/.minari.
 os.environ.setdefault("MINARI_DATASETS_PATH", "/tmp/rrf_ray-test-minari-unused")
@@ -15,6 +14,8 @@ os.environ.setdefault("MINARI_DATASETS_PATH", "/tmp/rrf_ray-test-minari-unused")
 def ray_local():
     """A real local Ray of its own (never a cluster already running on this machine). More logical
     CPUs than cores leaves headroom (SPEC section 7)."""
+    import ray  # here, not at the top: the CUDA tests run on GPU machines without Ray
+
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False)
     yield

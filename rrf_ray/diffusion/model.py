@@ -102,11 +102,15 @@ class TrajectoryDiffuser(nn.Module):
         return self.scheduler.add_noise(x0, noise, t)
 
     # -- training ---------------------------------------------------------------------
-    def loss(self, x0: torch.Tensor, cond: Cond | None = None, generator=None) -> torch.Tensor:
-        """Weighted MSE of the network's target, with the conditioned states inpainted."""
+    def loss(self, x0: torch.Tensor, cond: Cond | None = None, generator=None,
+             t: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted MSE of the network's target, with the conditioned states inpainted
+        (`t` and `noise` are drawn unless given: a test compares devices on the same draws)."""
         b = x0.shape[0]
-        t = torch.randint(0, self.n_timesteps, (b,), device=x0.device, generator=generator)
-        noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+        if t is None:
+            t = torch.randint(0, self.n_timesteps, (b,), device=x0.device, generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, generator=generator)
         x_t = self.add_noise(x0, noise, t)
         x_t = apply_conditioning(x_t, cond, self.action_dim)
         out = self(x_t, t)
@@ -189,3 +193,17 @@ class TrajectoryDiffuser(nn.Module):
 def _at(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """values[t] shaped (B, 1, 1) to broadcast over windows."""
     return values[t].view(-1, 1, 1)
+
+
+class DiffusionLoss(nn.Module):
+    """The diffusion loss of a batch of clean windows as a module's forward, so DDP's gradient hooks see it
+    (conditioned on each window's first state, as planning is)."""
+
+    def __init__(self, diffuser: TrajectoryDiffuser, condition_on_start: bool):
+        super().__init__()
+        self.diffuser = diffuser
+        self.condition_on_start = condition_on_start
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        cond = {0: x0[:, 0, self.diffuser.action_dim:]} if self.condition_on_start else None
+        return self.diffuser.loss(x0, cond)

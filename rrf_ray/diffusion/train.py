@@ -20,7 +20,7 @@ from torch import nn
 
 from rrf_ray.data.windows import TrajectoryWindows
 from rrf_ray.diffusion.checkpoint import KIND, diffuser_config
-from rrf_ray.diffusion.model import TrajectoryDiffuser
+from rrf_ray.diffusion.model import DiffusionLoss, TrajectoryDiffuser
 from rrf_ray.diffusion.spec import DiffusionSpec
 from rrf_ray.engine.checkpoints import (
     LocalRun,
@@ -33,19 +33,6 @@ from rrf_ray.engine.checkpoints import (
 )
 from rrf_ray.engine.spec import ResourceSpec
 from rrf_ray.engine.training import TrainingLoop, fit_training_run, prepare_model, train_worker_setup
-
-
-class _Loss(nn.Module):
-    """The diffusion loss as a module's forward, so DDP's gradient hooks see it."""
-
-    def __init__(self, diffuser: TrajectoryDiffuser, condition_on_start: bool):
-        super().__init__()
-        self.diffuser = diffuser
-        self.condition_on_start = condition_on_start
-
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        cond = {0: x0[:, 0, self.diffuser.action_dim:]} if self.condition_on_start else None
-        return self.diffuser.loss(x0, cond)
 
 
 @dataclass
@@ -83,7 +70,7 @@ def train_loop_per_worker(config: dict) -> None:
     if state:
         rng.bit_generator.state = state["rng"][rank % len(state["rng"])]
     ema.to(device)
-    loss_module = prepare_model(_Loss(diffuser, job.condition_on_start), job.local_run)
+    loss_module = prepare_model(DiffusionLoss(diffuser, job.condition_on_start), job.local_run)
     diffuser = _unwrap(loss_module).diffuser
     batch = max(1, spec.batch_size // world)
 

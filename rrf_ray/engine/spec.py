@@ -8,6 +8,7 @@ model, engine.registry).
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from dataclasses import dataclass, field
@@ -51,11 +52,55 @@ class ResourceSpec(Strict):
         """CPUs a trial's own process holds: its local-mode training runs in it."""
         return max(self.trial_cpus, self.cpus_per_worker) if self.trains_locally else self.trial_cpus
 
-class EstimateSpec(Strict):
-    """Step rates for --dry-run's GPU-hour estimate; measure yours with benchmarks/diffuser_train.py."""
+RATE_DEFAULTS = {  # placeholders, not measurements: --dry-run says so beside every one it uses
+    "diffuser_samples_per_s": 2000.0,
+    "reward_samples_per_s": 40000.0,
+    "plans_per_s": 50.0,
+    "irl_steps_per_s": 5.0,
+}
+RATE_UNITS = {"diffuser_samples_per_s": "diffuser training samples/s", "reward_samples_per_s":
+              "reward alignment samples/s", "plans_per_s": "guided plans/s", "irl_steps_per_s": "Algorithm 4 steps/s"}
 
-    diffuser_samples_per_s: float = Field(2000.0, gt=0.0)
-    reward_samples_per_s: float = Field(40000.0, gt=0.0)
+
+class EstimateSpec(Strict):
+    """Step rates behind --dry-run's device-hour estimate, and where they came from.
+
+    `python benchmarks/model_rates.py --device cuda --profile NAME` measures them for a profile's
+    model sizes and prints this block (with `device` and `date`); a rate left unset is a default
+    placeholder, and --dry-run marks it as one.
+    """
+
+    device: str | None = Field(None, description="where the rates were measured (e.g. 'NVIDIA H200')")
+    date: datetime.date | None = Field(None, description="when they were measured (YYYY-MM-DD)")
+    precision: str | None = Field(None, description="the numeric precision they were measured at")
+    diffuser_samples_per_s: float | None = Field(None, gt=0.0, description="diffuser training, per training run")
+    reward_samples_per_s: float | None = Field(None, gt=0.0, description="reward alignment (the double backward)")
+    plans_per_s: float | None = Field(None, gt=0.0, description="guided sampling of whole plans, per rollout trial")
+    irl_steps_per_s: float | None = Field(None, gt=0.0, description="Algorithm 4 steps at the profile's batch")
+
+    def rate(self, name: str) -> float:
+        value = getattr(self, name)
+        return RATE_DEFAULTS[name] if value is None else value
+
+    def provenance(self, name: str) -> str:
+        """'measured on NVIDIA H200, 2026-12-03' / 'set by hand' / 'DEFAULT placeholder ...'."""
+        if getattr(self, name) is None:
+            return "DEFAULT placeholder, not a measurement: run benchmarks/model_rates.py"
+        if self.device:
+            return f"measured on {self.device}" + (f", {self.date.isoformat()}" if self.date else "") + \
+                (f", {self.precision}" if self.precision else "")
+        return "set by hand"
+
+    def hours(self, work: dict[str, float]) -> tuple[float, list[str]]:
+        """Device-hours for `work` (units of each rate: samples, plans, steps) and one line per rate used."""
+        hours, lines = 0.0, []
+        for name, amount in work.items():
+            hours += amount / self.rate(name) / 3600
+            rate = self.rate(name)
+            shown = f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+            lines.append(f"  {RATE_UNITS[name]}: {shown} ({self.provenance(name)}) "
+                         f"x {amount:,.0f} = {amount / self.rate(name) / 3600:,.2f} h")
+        return hours, lines
 
 
 @dataclass

@@ -19,6 +19,7 @@ import ray.train
 import torch
 
 from rrf_ray.engine.checkpoints import LocalRun, report_metrics, report_with_checkpoint
+from rrf_ray.engine.precision import configure_precision
 from rrf_ray.engine.ray_runtime import quiet_train_worker_logs, say
 from rrf_ray.engine.spec import ResourceSpec
 from rrf_ray.engine.storage import join_uri
@@ -100,6 +101,7 @@ def train_worker_setup(threads: int, local_run: LocalRun | None = None):
         return 0, 1, torch.device("cpu")
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
+    configure_precision(device)
     quiet_train_worker_logs()
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads))

@@ -20,7 +20,6 @@ import ray.train
 import torch
 from torch import nn
 
-from rrf_ray.diffusion.differentiable import guided_sample_with_grad
 from rrf_ray.engine.checkpoints import (
     LocalRun,
     adam,
@@ -31,44 +30,9 @@ from rrf_ray.engine.checkpoints import (
 from rrf_ray.engine.spec import ResourceSpec
 from rrf_ray.engine.training import TrainingLoop, average_gradients, fit_training_run, train_worker_setup
 from rrf_ray.irl.spec import Algorithm4Spec
-from rrf_ray.metrics.trajectory_distance import (
-    gaussian_mixture_kernel,
-    matern_kernel,
-    mmd2_unbiased,
-    mse,
-)
+from rrf_ray.irl.reward_net import PlanMLPReward, algorithm4_loss, build_irl_reward, trajectory_loss
 
 KIND = "irl_reward"
-
-
-class PlanMLPReward(nn.Module):
-    """The thesis's reward: an MLP (ReLU) over the flattened plan (or, per_step, over each row's
-    `input_dims`, averaged over rows). It ignores the diffusion step t, as the thesis's does."""
-
-    def __init__(self, horizon: int, transition_dim: int, hidden, per_step: bool = False, input_dims=None):
-        super().__init__()
-        self.per_step = per_step
-        self.input_dims = None if input_dims is None else [int(d) for d in input_dims]
-        row = transition_dim if self.input_dims is None else len(self.input_dims)
-        width = row if per_step else horizon * row
-        layers = []
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.mlp = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        if self.input_dims is not None:
-            x = x[..., self.input_dims]
-        if self.per_step:
-            return self.mlp(x).squeeze(-1).mean(dim=1)
-        return self.mlp(x.reshape(x.shape[0], -1)).squeeze(-1)
-
-
-def build_irl_reward(spec: Algorithm4Spec, horizon: int, transition_dim: int) -> PlanMLPReward:
-    return PlanMLPReward(horizon, transition_dim, spec.hidden, per_step=spec.net == "window_mlp",
-                         input_dims=spec.input_dims)
 
 
 def irl_reward_config(spec: Algorithm4Spec, metric: str, horizon: int, transition_dim: int,
@@ -86,14 +50,6 @@ def load_irl_reward(path) -> PlanMLPReward:
     net = build_irl_reward(Algorithm4Spec.model_validate(config["irl"]), config["horizon"], config["transition_dim"])
     net.load_state_dict(state["ema"])
     return net.eval()
-
-
-def trajectory_loss(metric: str, nu: float = 0.5):
-    """M(plans, segments) of Algorithm 4, on (B, K, D) tensors."""
-    if metric == "mse":
-        return mse
-    kernel = gaussian_mixture_kernel() if metric == "mmd_gauss" else matern_kernel(nu)
-    return lambda plans, segments: mmd2_unbiased(plans, segments, kernel)
 
 
 @dataclass
@@ -123,7 +79,7 @@ def train_loop_per_worker(config: dict) -> None:
     segments = torch.tensor(np.asarray(segments), dtype=torch.float32, device=device)
     diffuser = load_diffuser(job.base_dir, device=device)
     model = diffuser.model.eval()
-    a, k = model.action_dim, spec.segment_steps
+    k = spec.segment_steps
     dims = spec.compare_dims if spec.compare_dims is not None else list(range(model.transition_dim))
 
     torch.manual_seed(job.seed)
@@ -143,9 +99,7 @@ def train_loop_per_worker(config: dict) -> None:
         idx = idx[rank * per_worker:(rank + 1) * per_worker] if world > 1 else idx
         seg = segments[torch.as_tensor(idx, device=device)]
         generator = torch.Generator(device=device).manual_seed(job.seed * 1_000_003 + i * 101 + rank)
-        plans = guided_sample_with_grad(model, len(seg), {0: seg[:, 0, a:]}, net, spec.guidance,
-                                        spec.backprop_steps, generator)
-        loss = loss_fn(plans[:, :k, dims], seg[:, :, dims])
+        loss, plans = algorithm4_loss(model, net, seg, spec, loss_fn, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(net, world)

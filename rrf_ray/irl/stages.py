@@ -14,6 +14,7 @@ Every artifact is content-addressed and every trial recorded, so `--resume` reco
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -348,7 +349,7 @@ def run_sweep(spec: IRLExperimentSpec, storage: SweepStorage, resume: bool = Fal
 def dry_run(spec: IRLExperimentSpec) -> str:
     from rrf_ray.diffusion.differentiable import estimate_backprop_memory
     from rrf_ray.diffusion.model import TrajectoryDiffuser
-    from rrf_ray.irl.reward_learning import build_irl_reward
+    from rrf_ray.irl.reward_net import build_irl_reward
 
     trials = trial_table(spec)
     e, v, irl = spec.experts, spec.evaluation, spec.irl
@@ -378,4 +379,11 @@ def dry_run(spec: IRLExperimentSpec) -> str:
         "", f"{'trial':<28} {'method':<16} {'seed':>4}",
     ]
     lines += [f"{t['trial_id']:<28} {t['method']:<16} {t['seed']:>4}" for t in trials]
-    return "\n".join(lines)
+    n_irl = sum(spec.irl_metric(t["method"]) is not None for t in trials)
+    per_epoch = math.ceil(n_segments / batch) if n_segments else 1
+    hours, rate_lines = spec.estimate.hours({
+        "diffuser_samples_per_s": spec.diffusion.train_steps * spec.diffusion.batch_size,
+        "irl_steps_per_s": n_irl * irl.epochs * per_epoch})
+    lines += ["", f"estimated training time: {hours:,.1f} {'GPU' if spec.resources.use_gpu else 'CPU-worker'}-hours "
+              f"(experts and evaluation rollouts not included{'' if n_segments else '; one batch per epoch assumed'}):"]
+    return "\n".join(lines + rate_lines)

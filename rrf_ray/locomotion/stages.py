@@ -240,10 +240,12 @@ def rollout_metrics(spec: LocomotionSweepSpec, paths: SweepPaths, row: dict, fin
     import torch
 
     from rrf_ray.diffusion.checkpoint import load_diffuser
+    from rrf_ray.engine.precision import configure_precision
     from rrf_ray.locomotion.rollouts import RolloutResult, guidance_spec, rollout, set_threads
 
     set_threads(spec.rollout.threads)
     device = torch.device("cuda" if spec.rollout.gpus > 0 and torch.cuda.is_available() else "cpu")
+    configure_precision(device)
     env, method = row["env"], row["method"]
     base_key = model_key(spec, env, "base", fingerprints)
     if not paths.artifacts.is_done("diffusers", base_key):
@@ -421,6 +423,15 @@ def dry_run(spec: LocomotionSweepSpec) -> str:
     n_trials = len(rows) + (0 if s.search == "grid" else
                             s.optuna_samples * len(s.seeds) * sum(m != "unsteered" for m in s.methods)
                             * len(spec.environments))
-    lines += ["", f"{len(rows)} grid trials; {n_trials * n_rollouts * spec.diffusion.n_timesteps:,} "
-              "denoising passes in rollouts (each over one plan)"]
+    n_envs = len(spec.environments)
+    n_diffusers = n_envs * (1 + ("rrf" in s.methods))
+    work = {"diffuser_samples_per_s": n_diffusers * spec.diffusion.train_steps * spec.diffusion.batch_size,
+            "plans_per_s": n_trials * n_rollouts}
+    if "rrf" in s.methods:
+        work["reward_samples_per_s"] = n_envs * spec.reward.train_steps * spec.reward.batch_size
+    hours, rate_lines = spec.estimate.hours(work)
+    device = "GPU" if r.use_gpu or spec.rollout.gpus > 0 else "CPU-worker"
+    lines += ["", f"{len(rows)} grid trials; {n_trials * n_rollouts:,} plans in rollouts "
+              f"({n_trials * n_rollouts * spec.diffusion.n_timesteps:,} denoising passes)",
+              f"estimated time: {hours:,.1f} {device}-hours (triples and the discriminator not included):"] + rate_lines
     return "\n".join(lines)

@@ -300,11 +300,10 @@ def dry_run(spec: Maze2DSpec) -> str:
     lines += [f"{t['trial_id']:<24} {t['maze']:<8} {t['goal']:>4} {t['seed']:>4}" for t in trials]
     diffuser_samples = (n_bases * spec.diffusion.train_steps + len(trials) * expert_steps) * spec.diffusion.batch_size
     reward_samples = len(trials) * spec.reward.train_steps * spec.reward.batch_size
-    hours = (diffuser_samples / spec.estimate.diffuser_samples_per_s
-             + reward_samples / spec.estimate.reward_samples_per_s) / 3600
+    hours, rate_lines = spec.estimate.hours({"diffuser_samples_per_s": diffuser_samples,
+                                             "reward_samples_per_s": reward_samples})
     device = "GPU" if r.use_gpu else "CPU-worker"
     lines += ["", f"{len(trials)} trials",
-              f"estimated training time: {hours * r.num_workers:,.1f} {device}-hours at "
-              f"{spec.estimate.diffuser_samples_per_s:,.0f} diffuser and {spec.estimate.reward_samples_per_s:,.0f} "
-              "reward samples/s per run (set estimate.* from benchmarks/diffuser_train.py on your hardware)"]
+              f"estimated training time: {hours * r.num_workers:,.1f} {device}-hours "
+              f"({r.num_workers} worker(s) per run; pre-generation and evaluation not included):"] + rate_lines
     return "\n".join(lines)

@@ -21,7 +21,6 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
-import torch.nn.functional as F
 
 from rrf_ray.engine.checkpoints import (
     LocalRun,
@@ -40,7 +39,7 @@ from rrf_ray.engine.training import (
     fit_training_run,
     train_worker_setup,
 )
-from rrf_ray.rrf.reward_nets import KIND, build_reward_net, reward_gradient, sample_reward_config
+from rrf_ray.rrf.reward_nets import KIND, alignment_terms, build_reward_net, mean_cosine, sample_reward_config
 from rrf_ray.rrf.shards import Manifest, read_triples, verify_shards
 from rrf_ray.rrf.spec import RewardSpec
 
@@ -56,22 +55,6 @@ class AlignJob:
     has_val: bool
     cache: bool = False  # each worker's training triples fit in reward.memory_cache_mb: keep them in memory
     local_run: LocalRun | None = None  # set when the run is in local mode (fit_training_run)
-
-
-def alignment_terms(net, batch: dict, device, create_graph: bool):
-    """(loss, grad rho, target) for a batch of triples."""
-    x = batch["x_next"].to(device).requires_grad_(True)
-    t = batch["t"].to(device).long()
-    target = (batch["x_expert"] - batch["x_base"]).to(device)
-    grad = reward_gradient(net, x, t, create_graph=create_graph)
-    dims = getattr(net, "input_dims", None)
-    if dims is not None:  # rho is constant along the columns it does not see: match only the others
-        grad, target = grad[..., dims], target[..., dims]
-    return F.mse_loss(grad, target), grad, target
-
-
-def mean_cosine(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cosine_similarity(grad.flatten(1), target.flatten(1), dim=1, eps=1e-12).mean()
 
 
 def _batches(shard, batch_size: int, device):

@@ -27,7 +27,15 @@ import ray
 import torch
 
 from rrf_ray.diffusion.model import apply_conditioning
-from rrf_ray.rrf.shards import Manifest, ShardError, run_shard_tasks, shard_is_intact, triples_table, write_shard
+from rrf_ray.engine.precision import configure_precision
+from rrf_ray.rrf.shards import (
+    Manifest,
+    ShardError,
+    run_shard_tasks,
+    shard_is_intact,
+    triples_table,
+    write_shard,
+)
 from rrf_ray.rrf.spec import PregenSpec
 
 _MODELS: dict[str, object] = {}
@@ -66,7 +74,9 @@ def check_compatible(base, expert) -> None:
 
 
 def _device(gpus: float) -> torch.device:
-    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+    configure_precision(device)
+    return device
 
 
 @torch.no_grad()

@@ -189,6 +189,23 @@ def reward_gradient(net: nn.Module, x: torch.Tensor, t: torch.Tensor, create_gra
 KIND = "reward_net"
 
 
+def alignment_terms(net, batch: dict, device, create_graph: bool):
+    """(loss, grad rho, target) for a batch of triples: the relative-reward objective, grad rho(x_next, t) matched
+    to x_expert - x_base (SPEC section 4). Ray-free, so benchmarks/model_rates.py can time it anywhere."""
+    x = batch["x_next"].to(device).requires_grad_(True)
+    t = batch["t"].to(device).long()
+    target = (batch["x_expert"] - batch["x_base"]).to(device)
+    grad = reward_gradient(net, x, t, create_graph=create_graph)
+    dims = getattr(net, "input_dims", None)
+    if dims is not None:  # rho is constant along the columns it does not see: match only the others
+        grad, target = grad[..., dims], target[..., dims]
+    return F.mse_loss(grad, target), grad, target
+
+
+def mean_cosine(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(grad.flatten(1), target.flatten(1), dim=1, eps=1e-12).mean()
+
+
 def reward_config(spec: RewardSpec, horizon: int, transition_dim: int, normalizer: dict | None) -> dict:
     return sample_reward_config(spec, (horizon, transition_dim), normalizer)
 

@@ -135,7 +135,7 @@ def tiny_sweep_yaml(tmp_path, model, prompts_file, **reward):
 
 
 def alignment_loss(net, table) -> float:
-    from rrf_ray.rrf.align import alignment_terms
+    from rrf_ray.rrf.reward_nets import alignment_terms
 
     batch = {k: torch.from_numpy(table[k].combine_chunks().to_numpy_ndarray()) for k in ("x_next", "x_base",
                                                                                           "x_expert")}

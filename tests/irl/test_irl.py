@@ -219,7 +219,8 @@ def test_algorithm_4_step_reaches_the_reward_through_the_chain(net, one_torch_th
     from rrf_ray.diffusion.differentiable import guided_sample_with_grad
     from rrf_ray.diffusion.model import TrajectoryDiffuser
     from rrf_ray.diffusion.spec import DiffusionSpec, GuidanceSpec
-    from rrf_ray.irl.reward_learning import build_irl_reward, segment_mse, trajectory_loss
+    from rrf_ray.irl.reward_learning import segment_mse
+    from rrf_ray.irl.reward_net import build_irl_reward, trajectory_loss
 
     torch.manual_seed(0)
     model = TrajectoryDiffuser(6, 2, 8, DiffusionSpec(n_timesteps=5, dim=8, dim_mults=[1, 2]))

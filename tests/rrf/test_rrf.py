@@ -265,7 +265,7 @@ def test_reward_run_resumes_from_its_checkpoint(ray_local, tmp_path):
 
 def test_reward_of_chosen_columns_is_matched_only_on_them():
     """input_dims: rho ignores the other columns (zero gradient there), and the loss leaves them out."""
-    from rrf_ray.rrf.align import alignment_terms
+    from rrf_ray.rrf.reward_nets import alignment_terms
 
     net = build_reward_net(RewardSpec(input_dims=[2, 3], hidden=[16]), 8, 6)
     x = torch.randn(5, 8, 6)
