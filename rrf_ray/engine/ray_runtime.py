@@ -16,6 +16,7 @@ import logging
 import logging.handlers
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -49,16 +50,33 @@ def print_notes() -> None:
 
 
 def started_cluster_address() -> str | None:
-    """The address a `ray start` on this machine recorded (None if there is none).
+    """The address a `ray start` on this machine recorded, if that Ray still answers (else None).
 
-    Only `ray start` (and `ray up`'s head) records it; another driver's private local Ray does
-    not, so a sweep never joins, and dies with, a Ray that another sweep started for itself.
+    Only `ray start` (and `ray up`'s head, and `ray.cluster_utils.Cluster`) records it; another
+    driver's private local Ray does not, so a sweep never joins, and dies with, a Ray that another
+    sweep started for itself. A record left by a Ray that is gone (killed, not `ray stop`ped) is
+    ignored with a note: joining it would wait minutes for a GCS that never answers.
     """
     try:
         from ray._private.services import find_bootstrap_address
     except ImportError:  # a Ray that moved it: join only when asked
         return None
-    return find_bootstrap_address(None)
+    address = find_bootstrap_address(None)
+    if not address or answers(address):
+        return address
+    note(f"[ray] ignoring the stale `ray start` record ({address}: nothing answers there); "
+         "`ray stop` removes it, --address joins a cluster explicitly")
+    return None
+
+
+def answers(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether something accepts TCP connections at `host:port` (a live GCS does)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool | None = None,
