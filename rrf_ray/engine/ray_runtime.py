@@ -101,6 +101,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
         what = "started a private local Ray"
     stopping.reinstall()  # ray.init installed Ray's SIGTERM handler (a C++ stack dump)
+    keep_every_step_line()
     resources = ray.cluster_resources()
     dashboard_url = getattr(context, "dashboard_url", None)
     print(f"[ray] {what} ({ray.get_runtime_context().gcs_address}): {resources.get('CPU', 0):g} CPUs, "
@@ -118,6 +119,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         print(f"[ray] Ray's own messages: {logs} ({DRIVER_LOG}, worker-*.out|err"
               + ("; --verbose shows them here)" if filtered else ")"), flush=True)
     print_notes()
+
+
+def keep_every_step_line() -> bool:
+    """Exempt step lines from Ray's log deduplication. Ray folds worker lines that are equal once
+    words with digits are dropped into one "[repeated 2x across cluster]" line, and two trials'
+    progress ("[base-1f2e] step 2000/10000 loss ...", "[expert-9a0b] step 2000/10000 loss ...")
+    are such lines: one trial's progress vanished from the console. False where Ray has no such
+    deduplicator."""
+    try:
+        from ray._private import ray_logging
+    except ImportError:
+        return False
+    deduplicators = [getattr(ray_logging, name, None) for name in ("stdout_deduplicator", "stderr_deduplicator")]
+    deduplicators = [d for d in deduplicators if d is not None and hasattr(d, "allow_re")]
+    for deduplicator in deduplicators:
+        allowed = deduplicator.allow_re
+        if allowed is None:
+            deduplicator.allow_re = STEP_LINE
+        elif STEP_LINE.pattern not in allowed.pattern:
+            deduplicator.allow_re = re.compile(f"{STEP_LINE.pattern}|{allowed.pattern}")
+    return bool(deduplicators)
 
 
 def log_raylet_warnings() -> bool:

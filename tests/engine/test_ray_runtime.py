@@ -118,6 +118,13 @@ CHATTY = textwrap.dedent("""
         print("[toy-run] step 1/1 loss 0.5", flush=True)
         return 1
     ray.get(chatty.remote())
+    @ray.remote(num_cpus=0.1)
+    class Run:  # two processes printing step lines that differ only in words with digits
+        def step(self, label):
+            for step in (1000, 2000):
+                print(f"[{label}] step {step}/10000 loss 0.3490 (1000 samples/s)", flush=True)
+    runs = [Run.remote() for _ in range(2)]
+    ray.get([run.step.remote(label) for run, label in zip(runs, ["base-cheetah-1f2e", "expert-cheetah-9a0b"])])
     time.sleep(5)  # Ray's log monitor forwards worker lines to the driver within a second or so
     print("DONE", flush=True)
 """)
@@ -135,6 +142,10 @@ def run_chatty(mode: str) -> str:
 def test_the_console_is_quiet_unless_verbose_and_says_where_rays_messages_went():
     quiet = run_chatty("quiet")
     assert "[toy-run] step 1/1 loss 0.5" in quiet  # a step line, as training runs print them
+    for label in ("base-cheetah-1f2e", "expert-cheetah-9a0b"):  # two trials' progress, neither folded away
+        for step in (1000, 2000):
+            assert f"[{label}] step {step}/10000 loss 0.3490" in quiet, quiet
+    assert "across cluster" not in quiet, quiet
     for line in RAY_LINES:
         assert line not in quiet, quiet
     logs = Path(re.search(r"\[ray\] Ray's own messages: (\S+) ", quiet).group(1))
