@@ -26,8 +26,8 @@ HOLD_RAY = textwrap.dedent("""
 """)
 
 
-def start(mode: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+def start(mode: str, **env_vars: str) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **env_vars}
     return subprocess.Popen([sys.executable, "-c", HOLD_RAY, mode], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, start_new_session=True)
 
@@ -67,40 +67,49 @@ def test_two_drivers_get_their_own_ray_and_one_dying_leaves_the_other(tmp_path):
             os.killpg(first.pid, signal.SIGKILL)
 
 
-def test_a_stale_ray_start_record_is_ignored_and_a_live_one_joined(tmp_path):
+def test_a_stale_ray_start_record_is_ignored_and_a_live_one_joined():
     """/tmp/ray/ray_current_cluster outlives a Ray that was killed (not `ray stop`ped): joining it
     would wait minutes for a GCS that never answers, so a driver starts its own Ray with a note."""
+    import shutil
     import socket
     import tempfile
     with socket.socket() as free:  # a port nothing listens on once closed
         free.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{free.getsockname()[1]}"
     ray_tmp = Path(tempfile.mkdtemp(dir="/tmp", prefix="rt"))  # short: Ray's socket paths live under it
-    (ray_tmp / "ray").mkdir()
-    (ray_tmp / "ray" / "ray_current_cluster").write_text(dead)
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": str(ray_tmp)}
-    started = time.time()
-    run = subprocess.run([sys.executable, "-c", HOLD_RAY, "run"], capture_output=True, text=True, env=env,
-                         timeout=180)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "started a private local Ray" in run.stdout
-    assert f"ignoring the stale `ray start` record ({dead}" in run.stdout
-    assert "STILL pong" in run.stdout
-    assert time.time() - started < 150  # not the minutes a dead GCS address costs
+    record = ray_tmp / "ray" / "ray_current_cluster"
+    record.parent.mkdir()
+    record.write_text(dead)
+    procs = []
 
-    first = subprocess.Popen([sys.executable, "-c", HOLD_RAY, "hold"], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    def launch(mode: str, **env_vars: str) -> subprocess.Popen:
+        procs.append(start(mode, RAY_TMPDIR=str(ray_tmp), **env_vars))
+        return procs[-1]
+
     try:
+        started = time.time()
+        run = launch("run")
+        lines = read_until(run, "STILL", timeout=180)
+        assert run.wait(timeout=60) == 0, lines[-20:]
+        assert any("started a private local Ray" in line for line in lines), lines
+        assert any(f"ignoring the stale `ray start` record ({dead}" in line for line in lines), lines
+        assert lines[-1] == "STILL pong"
+        assert time.time() - started < 150  # not the minutes a dead GCS address costs
+
+        first = launch("hold")
         ray_line = next(ln for ln in read_until(first, "READY") if ln.startswith("[ray]"))
         live = ray_line.split("(")[1].split(")")[0]
-        (ray_tmp / "ray" / "ray_current_cluster").write_text(live)  # as `ray start` records its GCS
-        joined = subprocess.run([sys.executable, "-c", HOLD_RAY, "run"], capture_output=True, text=True,
-                                env={**env, "RAY_AUTH_MODE": "token"}, timeout=180)  # a local Ray uses token auth
-        assert joined.returncode == 0, joined.stdout[-3000:] + joined.stderr[-3000:]
-        assert f"joined the Ray cluster at {live}" in joined.stdout
+        record.write_text(live)  # as `ray start` records its GCS
+        joined = launch("run", RAY_AUTH_MODE="token")  # a local Ray uses token auth
+        lines = read_until(joined, "STILL", timeout=180)
+        assert joined.wait(timeout=60) == 0, lines[-20:]
+        assert any(f"joined the Ray cluster at {live}" in line for line in lines), lines
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 CHATTY = textwrap.dedent("""
