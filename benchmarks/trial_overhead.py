@@ -39,6 +39,7 @@ from rrf_ray.engine.storage import SweepStorage
 from rrf_ray.maze2d.evaluation import evaluate_reward
 from rrf_ray.maze2d.stages import STAGE_BASE, STAGE_TRIALS, base_key, make_datasets, train_base, trial_id, windows
 from rrf_ray.rrf.reward_nets import alignment_terms
+from rrf_ray.rrf.extract import draw_windows
 from rrf_ray.rrf.pregenerate import noised_triples
 from rrf_ray.rrf.reward_nets import build_reward_net
 from rrf_ray.rrf.shards import triples_table, write_shard
@@ -93,15 +94,13 @@ def bare_trial(spec, paths: SweepPaths, maze: str, goal: int, seed: int, out: Pa
     p = spec.pregen
     rng = np.random.default_rng(seed)
     base_train = windows(spec, paths, maze, None, "train", normalizer)
-    sources = [base_train, expert_data] if p.noising_source == "mixed" else \
-        [base_train if p.noising_source == "base" else expert_data]
-    x0 = np.concatenate([w.batch(rng.integers(len(w), size=min(len(w), p.noised_windows))) for w in sources])
-    x0 = x0[rng.integers(len(x0), size=p.noised_windows)]
+    x0 = draw_windows(lambda role, split: base_train if role == "base" else expert_data, p, "train", rng)
+    x0 = x0.take(rng.integers(len(x0), size=p.noised_windows))
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for i, start in enumerate(range(0, p.noised_windows, p.noised_per_shard)):
-        part = noised_triples(base.model, expert, x0[start:start + p.noised_per_shard], p.grad_at, generator,
-                              torch.device("cpu"))
+        part = noised_triples(base.model, expert, x0.take(slice(start, start + p.noised_per_shard)), p.grad_at,
+                              generator, torch.device("cpu"))
         n = len(part["t"])
         write_shard(out / f"shard-{i:05d}.parquet", triples_table(**part, chain_kind=np.zeros(n),
                                                                   chain_id=np.arange(start, start + n)))

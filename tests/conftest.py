@@ -9,6 +9,16 @@ import pytest
 # Tests must never touch the user's ~/.minari.
 os.environ.setdefault("MINARI_DATASETS_PATH", "/tmp/rrf_ray-test-minari-unused")
 
+# Fixtures that start Ray (or a server standing in for a cluster's storage): a test that uses one
+# belongs in the slow tier, which CI runs; `pytest -m "not slow"` is the quick loop without them.
+SLOW_FIXTURES = {"ray_local", "s3_uri"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def ray_local():

@@ -173,17 +173,30 @@ class TrajectoryDiffuser(nn.Module):
         loss of the result can be differentiated w.r.t. x and the guide's parameters.
         """
         t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        if guide is not None and guidance is not None and guidance.scale != 0 and i >= guidance.t_stopgrad:
+        active = guide is not None and guidance is not None and guidance.scale != 0 and i >= guidance.t_stopgrad
+        if active and guidance.form == "mean_shift":
+            mean, std = self.posterior(x, t)
+            at = x if guidance.grad_at == "x_t" else apply_conditioning(mean, cond, self.action_dim)
+            mean = mean + guidance.scale * self._reward_grad(at, t, guide, create_graph)
+            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            return apply_conditioning(mean + std * noise, cond, self.action_dim)
+        if active:
             x = self._guide(x, t, guide, guidance, cond, create_graph)
         noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
         return apply_conditioning(self.step(x, t, noise), cond, self.action_dim)
 
+    @staticmethod
+    def _reward_grad(x, t, guide: RewardFn, create_graph: bool) -> torch.Tensor:
+        """grad rho(x, t); with create_graph the graph through x and rho's parameters is kept."""
+        with torch.enable_grad():
+            # Keep x's graph only when differentiating through the chain (x may not need grad yet).
+            x_in = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
+            grad, = torch.autograd.grad(guide(x_in, t).sum(), x_in, create_graph=create_graph)
+        return grad
+
     def _guide(self, x, t, guide: RewardFn, guidance: GuidanceSpec, cond, create_graph: bool = False) -> torch.Tensor:
         for _ in range(guidance.n_guide_steps):
-            with torch.enable_grad():
-                # Keep x's graph only when differentiating through the chain (x may not need grad yet).
-                x_in = x if create_graph and x.requires_grad else x.detach().requires_grad_(True)
-                grad, = torch.autograd.grad(guide(x_in, t).sum(), x_in, create_graph=create_graph)
+            grad = self._reward_grad(x, t, guide, create_graph)
             if guidance.scale_grad_by_std:
                 grad = _at(self.posterior_var, t) * grad
             x = apply_conditioning(x + guidance.scale * grad, cond, self.action_dim)

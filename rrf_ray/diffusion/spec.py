@@ -29,9 +29,19 @@ class DiffusionSpec(Strict):
 
 
 class GuidanceSpec(Strict):
-    """Classifier guidance by a reward rho (SPEC section 5): x <- x + scale * grad rho(x, t)."""
+    """Reward guidance of the reverse chain (docs/method.md, "Guidance").
+
+    form "janner": before each step, n_guide_steps of x <- x + scale * grad rho(x, t) (times the
+    posterior variance if scale_grad_by_std), then the step from the moved x (Janner's sampler).
+    form "mean_shift": the step's mean moves once by scale * grad rho, the shift the relative reward
+    was trained to match (mu_expert - mu_base), so scale 1 is the expert the method implies; grad rho
+    is taken where the reward was trained (`grad_at`: x_t, or the base model's posterior mean).
+    """
 
     scale: float = Field(0.0, description="guidance scale omega")
-    n_guide_steps: int = Field(1, ge=1)
+    form: Literal["janner", "mean_shift"] = "janner"
+    n_guide_steps: int = Field(1, ge=1, description="janner: gradient steps per reverse step")
     t_stopgrad: int = Field(0, ge=0, description="no guidance for diffusion steps t < t_stopgrad")
-    scale_grad_by_std: bool = Field(True, description="multiply the gradient by the posterior variance")
+    scale_grad_by_std: bool = Field(True, description="janner: multiply the gradient by the posterior variance")
+    grad_at: Literal["x_t", "base_mean"] = Field(
+        "x_t", description="mean_shift: where grad rho is taken (match the reward's pregen.grad_at)")

@@ -16,6 +16,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from rrf_ray.engine.atomic import write_atomic
 
@@ -51,16 +52,44 @@ class ArtifactStore:
             return (self.path(kind, key) / DONE).exists()
         return False
 
+    def ensure(self, kind: str, key: str, build: Callable[[Path], object], in_place: bool = False) -> Path:
+        """The artifact (kind, key): reused when finished, else built by `build(directory)`, then marked DONE.
+
+        `build` fills an empty temporary directory that is renamed into place only once it returns,
+        so a crash leaves nothing a later run trusts. in_place: build in the artifact's own
+        directory instead, for a builder that resumes its own partial work (a shard set).
+        """
+        if self.is_done(kind, key):
+            return self.path(kind, key)
+        if in_place:
+            self.path(kind, key).mkdir(parents=True, exist_ok=True)
+            build(self.path(kind, key))
+            return self.mark_done(kind, key)
+        return self._replace_with(kind, key, build)
+
+    def require(self, kind: str, key: str, what: str) -> Path:
+        """A finished artifact an earlier stage made (RuntimeError naming `what` if it did not)."""
+        if not self.is_done(kind, key):
+            raise RuntimeError(f"{what} is missing at {self.path(kind, key)}: an earlier stage did not finish")
+        return self.path(kind, key)
+
     def publish(self, kind: str, key: str, source) -> Path:
         """Copy a finished directory in as artifact (kind, key); returns its path."""
+        return self._replace_with(kind, key, lambda tmp: shutil.copytree(source, tmp))
+
+    def _replace_with(self, kind: str, key: str, build: Callable[[Path], object]) -> Path:
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(source, tmp)
-        (tmp / DONE).unlink(missing_ok=True)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            build(tmp)
+            tmp.mkdir(parents=True, exist_ok=True)
+            (tmp / DONE).unlink(missing_ok=True)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return self.mark_done(kind, key)
 
     def mark_done(self, kind: str, key: str) -> Path:

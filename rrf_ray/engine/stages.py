@@ -63,6 +63,14 @@ def tune_report_callbacks():
     return [TuneReportCallback()]
 
 
+def copy_checkpoint(result, directory: Path) -> None:
+    """A training run's final checkpoint copied into `directory` (a builder for ArtifactStore.ensure)."""
+    import shutil
+
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, directory)
+
+
 def publish_checkpoint(store: ArtifactStore, kind: str, key: str, result) -> Path:
     """A training run's final checkpoint, published as the artifact `kind/key`."""
     with result.checkpoint.as_directory() as d:

@@ -22,7 +22,6 @@ from rrf_ray.engine.atomic import write_atomic
 from rrf_ray.engine.stages import (
     PhaseTimer,
     SweepPaths,
-    publish_checkpoint,
     raise_if_any_failed,
     read_trial_result,
     recorded_trial,
@@ -92,12 +91,9 @@ def make_chains(config: dict, spec: ImageSweepSpec, storage: SweepStorage) -> No
     paths, seed = SweepPaths(storage), config["seed"]
     model, prompts, digest = read_inputs(storage)
     skey = shards_key(spec, model, digest, seed)
-    store = paths.artifacts
-    if not store.is_done("shards", skey):
-        generate_shards(model, prompts, store.path("shards", skey), spec.generation, spec.safety, seed=seed,
-                        use_gpu=spec.resources.use_gpu, overwrite=True, progress=False,
-                        on_this_node=storage.is_remote)
-        store.mark_done("shards", skey)  # remote storage: pushed there first
+    paths.artifacts.ensure("shards", skey, lambda d: generate_shards(
+        model, prompts, d, spec.generation, spec.safety, seed=seed, use_gpu=spec.resources.use_gpu, overwrite=True,
+        progress=False, on_this_node=storage.is_remote), in_place=True)  # resumes a partial set
     tune.report({"done": 1, "artifact": skey})
 
 
@@ -132,32 +128,24 @@ def _trial_work(spec: ImageSweepSpec, paths: SweepPaths, tid: str, seed: int, mo
         pick_extremes,
         score_finals,
     )
-    from rrf_ray.rrf.align import train_reward
+    from rrf_ray.rrf.extract import aligned_reward
     from rrf_ray.rrf.reward_nets import load_reward
     from rrf_ray.rrf.shards import Manifest
 
-    g, r, storage, store = spec.generation, spec.resources, paths.storage, paths.artifacts
+    g, r, store = spec.generation, spec.resources, paths.artifacts
     out = paths.trial_dir(tid)
     timer = PhaseTimer()
-    shard_dir = store.path("shards", skey)
-    if not store.is_done("shards", skey):
-        raise RuntimeError(f"the latent chains of seed {seed} are missing at {shard_dir}: stage 1 did not finish")
+    shard_dir = store.require("shards", skey, f"the latent chains of seed {seed}")
     manifest = Manifest.load(shard_dir)
 
-    if not store.is_done("rewards", rkey):
-        timer.start("reward")
-        remote = (storage.fs, storage.remote_path(f"artifacts/shards/{skey}")) if storage.is_remote else None
-        # materialize=False: stream the shards from disk each epoch (image triples are large)
-        result = train_reward(shard_dir, spec.reward, r, paths.train, f"reward-{spec.name}-{rkey}", seed=seed,
-                              materialize=False, callbacks=tune_report_callbacks(), remote=remote)
-        # kept beside the trial's result: a retry after a failed evaluation reuses the reward, not its run
-        write_atomic(out / "reward_metrics.json", json.dumps(dict(result.metrics or {}), indent=1, default=str))
-        storage.push(f"trials/{tid}/reward_metrics.json")
-        publish_checkpoint(store, "rewards", rkey, result)
-    reward_metrics = json.loads(storage.read_text(f"trials/{tid}/reward_metrics.json") or "{}")
+    timer.start("reward")
+    # materialize=False: stream the shards from disk each epoch (image triples are large)
+    extraction = aligned_reward(paths, skey, rkey, spec.reward, r, seed, f"reward-{spec.name}",
+                                materialize=False, callbacks=tune_report_callbacks())
+    reward_metrics = extraction.metrics
 
     timer.start("eval")
-    reward = load_reward(store.path("rewards", rkey))
+    reward = load_reward(extraction.path)
     finals = final_latents(shard_dir, "val")
     scores = score_finals(reward, finals, t=spec.evaluation.t, seed=seed)
     batches = pick_extremes(scores["rewards"], spec.evaluation, seed=seed)

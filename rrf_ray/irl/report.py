@@ -97,6 +97,16 @@ def render_markdown(spec: IRLExperimentSpec, rows: list[dict], summary: list[dic
                      f"| {norm} | {erc} | {s['seeds_ok']}/{s['seeds']} | {t_ret} | {t_erc} |")
     lines += ["", "Thesis returns are its Table 1 (its own rollout length and coordinates); compare normalised "
               "returns, not raw ones. Normalised return = (R − R_base)/(R_true − R_base) per seed."]
+    if "rrf" in spec.active_methods:
+        g = spec.guidance_for("rrf")
+        how = (f"the step mean moved once by {g.scale:g} × ∇ρ taken at {g.grad_at}" if g.form == "mean_shift" else
+               f"Janner's guidance, x moved by {g.scale:g} × {'variance × ' if g.scale_grad_by_std else ''}∇ρ "
+               f"({g.n_guide_steps} step(s)) at x_t")
+        fit = [r.get("reward_val_cosine") for r in rows if r.get("method") == "rrf" and r.get("status") == "ok"]
+        fit = [f"{x:.3f}" for x in fit if x is not None]
+        lines += ["", f"Relative reward: triples by {spec.rrf.pregen.describe()}; rollouts guided by {how}, "
+                  f"from t = {g.t_stopgrad} up. Gradient cosine on held-out episodes' triples: "
+                  f"{', '.join(fit) if fit else '—'}."]
     base = next((s for s in summary if s["method"] == "base"), None)
     true = next((s for s in summary if s["method"] == "true_reward"), None)
     if base and true and np.isfinite(base["return_mean"]) and np.isfinite(true["return_mean"]):

@@ -122,6 +122,9 @@ class RRFSpec(Strict):
     expert: ExpertSpec = Field(default_factory=lambda: ExpertSpec(init="base", train_steps=400, ema_start=100))
     pregen: PregenSpec = Field(default_factory=PregenSpec)
     reward: RewardSpec = Field(default_factory=RewardSpec)
+    guidance: GuidanceSpec | None = Field(
+        None, description="the relative reward's rollout guidance (None: irl.guidance's); e.g. {form: mean_shift, "
+        "scale: 1, grad_at: base_mean} for the step the method implies")
 
 
 class EvaluationSpec(RolloutSpec):
@@ -192,6 +195,8 @@ class IRLExperimentSpec(Strict):
         """The guidance a method's rollouts use: the experts' for the true reward, irl.guidance's otherwise,
         with evaluation.guidance_scales overriding the scale."""
         g = self.experts.guidance if method == "true_reward" else self.irl.guidance
+        if method == "rrf" and self.rrf.guidance is not None:
+            g = self.rrf.guidance
         if method in self.evaluation.guidance_scales:
             g = g.model_copy(update={"scale": self.evaluation.guidance_scales[method]})
         return g

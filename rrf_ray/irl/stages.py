@@ -24,7 +24,7 @@ from rrf_ray.engine.artifacts import artifact_key
 from rrf_ray.engine.stages import (
     PhaseTimer,
     SweepPaths,
-    publish_checkpoint,
+    copy_checkpoint,
     raise_if_any_failed,
     recorded_trial,
     run_stage,
@@ -73,7 +73,7 @@ def learned_key(spec: IRLExperimentSpec, method: str, seed: int) -> str:
     elif method == "bc":
         parts.append(spec.bc)
     elif method == "rrf":
-        parts.append(spec.rrf)
+        parts.append(spec.rrf.model_dump(mode="json", exclude={"guidance"}))  # how it is rolled out: result_key
     return artifact_key("irl-learned", *parts)
 
 
@@ -155,11 +155,9 @@ def train_base(config: dict, spec: IRLExperimentSpec, storage: SweepStorage) -> 
     from rrf_ray.diffusion.train import train_diffuser
 
     paths, key = SweepPaths(storage), base_key(spec)
-    if not paths.artifacts.is_done("diffusers", key):
-        data = base_windows(spec, paths, "train")
-        result = train_diffuser(data, spec.diffusion, spec.resources, paths.train, f"irl-base-{key}",
-                                seed=spec.seeds[0], callbacks=tune_report_callbacks())
-        publish_checkpoint(paths.artifacts, "diffusers", key, result)
+    paths.artifacts.ensure("diffusers", key, lambda d: copy_checkpoint(
+        train_diffuser(base_windows(spec, paths, "train"), spec.diffusion, spec.resources, paths.train,
+                       f"irl-base-{key}", seed=spec.seeds[0], callbacks=tune_report_callbacks()), d))
     tune.report({"done": 1, "artifact": key})
 
 
@@ -213,7 +211,8 @@ def method_work(spec: IRLExperimentSpec, paths: SweepPaths, method: str, seed: i
         metrics.update(expert_fit(spec, paths, diffuser, reward, guidance, seed))
     elif method == "rrf":
         timer.start("learn")
-        reward = learned_relative_reward(spec, paths, seed, base_dir, diffuser)
+        reward, fit = learned_relative_reward(spec, paths, seed, base_dir, diffuser)
+        metrics.update(fit)
         actor = DiffuserActor(diffuser, reward, guidance, seed=seed)
     else:
         raise ValueError(f"unknown method {method!r}")
@@ -240,14 +239,15 @@ def learned_irl_reward(spec: IRLExperimentSpec, paths: SweepPaths, metric: str, 
     from rrf_ray.irl.reward_learning import load_irl_reward, train_irl_reward
 
     key = learned_key(spec, f"irl_{metric}", seed)
-    store = paths.artifacts
-    if not store.is_done("rewards", key):
+
+    def learn(directory: Path) -> None:
         segments = cut_segments(expert_episodes(spec, paths), spec.irl.segment_steps, spec.windows.stride,
                                 diffuser.normalizer)
-        result = train_irl_reward(segments, base_dir, spec.irl, metric, spec.resources, paths.train,
-                                  f"irl-{metric}-{key}", seed=seed, callbacks=tune_report_callbacks())
-        publish_checkpoint(store, "rewards", key, result)
-    return load_irl_reward(store.path("rewards", key))
+        copy_checkpoint(train_irl_reward(segments, base_dir, spec.irl, metric, spec.resources, paths.train,
+                                         f"irl-{metric}-{key}", seed=seed, callbacks=tune_report_callbacks()),
+                        directory)
+
+    return load_irl_reward(paths.artifacts.ensure("rewards", key, learn))
 
 
 def expert_fit(spec: IRLExperimentSpec, paths: SweepPaths, diffuser, reward, guidance, seed: int) -> dict:
@@ -263,47 +263,38 @@ def expert_fit(spec: IRLExperimentSpec, paths: SweepPaths, diffuser, reward, gui
 
 
 def learned_relative_reward(spec: IRLExperimentSpec, paths: SweepPaths, seed: int, base_dir, diffuser):
-    """The relative reward: expert diffuser fine-tuned on the expert rollouts, triples, alignment."""
+    """The relative reward: expert diffuser fine-tuned on the expert rollouts, then the one extraction path."""
     from rrf_ray.data.windows import load_windows
     from rrf_ray.diffusion.train import train_diffuser
-    from rrf_ray.rrf.align import train_reward
-    from rrf_ray.rrf.pregenerate import pregenerate
+    from rrf_ray.rrf.extract import extract_reward
     from rrf_ray.rrf.reward_nets import load_reward
 
     store, key = paths.artifacts, learned_key(spec, "rrf", seed)
-    ekey, skey = artifact_key("irl-rrf-expert", key), artifact_key("irl-rrf-shards", key)
+    ekey = artifact_key("irl-rrf-expert", key)
     w = spec.windows
     did, root = expert_source(spec, paths)
-    expert = load_windows(did, w.horizon, w.stride, split="all", root=root, normalizer=diffuser.normalizer,
-                          pad_end=w.pad_end)
-    if not store.is_done("diffusers", ekey):
-        result = train_diffuser(expert, spec.rrf.expert.diffusion(spec.diffusion), spec.resources, paths.train,
-                                f"irl-rrf-expert-{ekey}", seed=seed,
-                                init_from=base_dir if spec.rrf.expert.init == "base" else None,
-                                callbacks=tune_report_callbacks())
-        publish_checkpoint(store, "diffusers", ekey, result)
-    shard_dir = store.path("shards", skey)
-    if not store.is_done("shards", skey):
-        base = base_windows(spec, paths, "train", diffuser.normalizer)
-        rng = np.random.default_rng(seed)
-        n = spec.rrf.pregen.noised_windows
-        starts = base.batch(rng.integers(len(base), size=min(4096, len(base))))
-        noised = None
-        if spec.rrf.pregen.algorithm == "dataset_noising":
-            sources = {"base": [base], "expert": [expert], "mixed": [base, expert]}[spec.rrf.pregen.noising_source]
-            noised = np.concatenate([s.batch(rng.integers(len(s), size=min(len(s), n))) for s in sources])
-        pregenerate(base_dir, store.path("diffusers", ekey), shard_dir, spec.rrf.pregen, seed=seed,
-                    starts=starts[:, 0, diffuser.model.action_dim:], dataset_windows=noised, overwrite=True,
-                    progress=False, on_this_node=paths.storage.is_remote, in_process=spec.resources.trains_locally)
-        store.mark_done("shards", skey)
-    if not store.is_done("rewards", key):
-        storage = paths.storage
-        remote = (storage.fs, storage.remote_path(f"artifacts/shards/{skey}")) if storage.is_remote else None
-        result = train_reward(shard_dir, spec.rrf.reward, spec.resources, paths.train, f"irl-rrf-reward-{key}",
-                              seed=seed, normalizer=diffuser.normalizer.to_dict(), callbacks=tune_report_callbacks(),
-                              remote=remote)
-        publish_checkpoint(store, "rewards", key, result)
-    return load_reward(store.path("rewards", key))
+
+    def expert_windows(split: str):
+        return load_windows(did, w.horizon, w.stride, split=split, root=root, normalizer=diffuser.normalizer,
+                            pad_end=w.pad_end)
+
+    # The expert diffuser learns from every demonstration, as the other methods do; the reward's triples
+    # noise the training episodes' windows and validate on the held-out ones.
+    store.ensure("diffusers", ekey, lambda d: copy_checkpoint(train_diffuser(
+        expert_windows("all"), spec.rrf.expert.diffusion(spec.diffusion), spec.resources, paths.train,
+        f"irl-rrf-expert-{ekey}", seed=seed, init_from=base_dir if spec.rrf.expert.init == "base" else None,
+        callbacks=tune_report_callbacks()), d))
+    loaded = {}
+
+    def windows(role: str, split: str):
+        if (role, split) not in loaded:
+            loaded[role, split] = (base_windows(spec, paths, split, diffuser.normalizer) if role == "base"
+                                   else expert_windows(split))
+        return loaded[role, split]
+
+    extraction = extract_reward(paths, base_key(spec), ekey, windows, spec.rrf.pregen, spec.rrf.reward,
+                                spec.resources, seed, "irl-rrf-reward", callbacks=tune_report_callbacks())
+    return load_reward(extraction.path), extraction.summary()
 
 
 # -- the sweep -------------------------------------------------------------------------------

@@ -66,9 +66,10 @@ def rollout(planner, env_id: str, n_envs: int, max_steps: int, seed: int, ref_sc
     return RolloutResult(returns, lengths, d4rl_score(returns, *ref_scores))
 
 
-def guidance_spec(omega: float, t_stopgrad: int, n_guide_steps: int, scale_grad_by_std: bool) -> GuidanceSpec:
+def guidance_spec(omega: float, t_stopgrad: int, n_guide_steps: int, scale_grad_by_std: bool,
+                  form: str = "janner") -> GuidanceSpec:
     return GuidanceSpec(scale=float(omega), t_stopgrad=int(t_stopgrad), n_guide_steps=n_guide_steps,
-                        scale_grad_by_std=scale_grad_by_std)
+                        scale_grad_by_std=scale_grad_by_std, form=form)
 
 
 def set_threads(threads: int) -> None:

@@ -81,6 +81,9 @@ class SearchSpec(Strict):
                                                                          min_length=1)
     n_guide_steps: int = Field(2, ge=1)
     scale_grad_by_std: bool = True
+    guidance_form: Literal["janner", "mean_shift"] = Field(
+        "janner", description="janner: x moves by omega * (variance x) grad rho before each step; mean_shift: the "
+        "step's mean moves once by omega * grad rho at x_t (the shift the reward was trained to match)")
 
     @model_validator(mode="after")
     def _non_negative(self) -> "SearchSpec":

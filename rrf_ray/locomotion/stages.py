@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from rrf_ray.engine.artifacts import artifact_key
-from rrf_ray.engine.stages import (Search, SweepPaths, publish_checkpoint, raise_if_any_failed, recorded_trial,
+from rrf_ray.engine.stages import (Search, SweepPaths, copy_checkpoint, raise_if_any_failed, recorded_trial,
                                    run_stage, tune_report_callbacks, write_sweep_files)
 from rrf_ray.engine.storage import SweepStorage
 from rrf_ray.locomotion.spec import LocomotionSweepSpec
+from rrf_ray.rrf.extract import extraction_keys
 
 STAGE_MODELS, STAGE_REWARDS, STAGE_ROLLOUTS = "stage2-models", "stage3-rewards", "stage4-rollouts"
 DATASETS_FILE = "datasets.json"
@@ -89,13 +90,9 @@ def model_kind(model: str) -> str:
     return "discriminators" if model == "discriminator" else "diffusers"
 
 
-def shards_key(spec: LocomotionSweepSpec, env: str, fingerprints: dict) -> str:
-    return artifact_key("loco-shards", model_key(spec, env, "base", fingerprints),
-                        model_key(spec, env, "expert", fingerprints), spec.pregen, spec.seed)
-
-
 def reward_key(spec: LocomotionSweepSpec, env: str, fingerprints: dict) -> str:
-    return artifact_key("loco-reward", shards_key(spec, env, fingerprints), spec.reward_of(env))
+    return extraction_keys(model_key(spec, env, "base", fingerprints), model_key(spec, env, "expert", fingerprints),
+                           spec.pregen, spec.reward_of(env), spec.seed)[1]
 
 
 def guide_key(spec: LocomotionSweepSpec, env: str, method: str, fingerprints: dict) -> str | None:
@@ -111,6 +108,7 @@ def rollout_key(spec: LocomotionSweepSpec, row: dict, fingerprints: dict) -> str
     return artifact_key("loco-rollout", model_key(spec, env, "base", fingerprints),
                         guide_key(spec, env, row["method"], fingerprints), row["omega"], row["t_stopgrad"],
                         row["seeds"], spec.search.n_guide_steps, spec.search.scale_grad_by_std,
+                        None if spec.search.guidance_form == "janner" else spec.search.guidance_form,
                         spec.rollout.model_dump(mode="json", exclude={"threads", "gpus"}),
                         spec.environments[env].reference_scores)
 
@@ -138,8 +136,8 @@ def train_model(config: dict, spec: LocomotionSweepSpec, storage: SweepStorage) 
     env, model = config["job"]["env"], config["job"]["model"]
     fingerprints = read_fingerprints(storage)
     key = model_key(spec, env, model, fingerprints)
-    kind = model_kind(model)
-    if not paths.artifacts.is_done(kind, key):
+
+    def train(directory: Path) -> None:
         normalizer = fit_normalizer(spec, env)  # base and expert together: both models share it
         if model == "discriminator":
             from rrf_ray.locomotion.discriminator import train_discriminator
@@ -158,60 +156,32 @@ def train_model(config: dict, spec: LocomotionSweepSpec, storage: SweepStorage) 
             data = env_windows(spec, env, model, "train", normalizer)
             result = train_diffuser(data, spec.diffusion_of(env), spec.resources, paths.train, f"{model}-{env}-{key}",
                                     seed=spec.seed, callbacks=tune_report_callbacks())
-        publish_checkpoint(paths.artifacts, kind, key, result)
+        copy_checkpoint(result, directory)
+
+    paths.artifacts.ensure(model_kind(model), key, train)
     tune.report({"done": 1, "artifact": key})
 
 
 # -- stage 3: rewards -------------------------------------------------------------------
 
 def train_env_reward(config: dict, spec: LocomotionSweepSpec, storage: SweepStorage) -> None:
-    """Tune trial: one environment's relative reward (triples -> Parquet -> Ray Data -> Ray Train)."""
+    """Tune trial: one environment's relative reward (the one extraction path: triples -> Parquet -> reward)."""
     from ray import tune
 
-    from rrf_ray.diffusion.checkpoint import load_diffuser
+    from rrf_ray.diffusion.checkpoint import load_normalizer
     from rrf_ray.engine.ray_runtime import quiet_ray_data
     from rrf_ray.locomotion.datasets import env_windows
-    from rrf_ray.rrf.align import train_reward
-    from rrf_ray.rrf.pregenerate import pregenerate
+    from rrf_ray.rrf.extract import extract_reward
 
     quiet_ray_data()
     paths, env = SweepPaths(storage), config["env"]
-    store = paths.artifacts
     fingerprints = read_fingerprints(storage)
-    rkey = reward_key(spec, env, fingerprints)
-    if not store.is_done("rewards", rkey):
-        dirs = {}
-        for role in ("base", "expert"):
-            key = model_key(spec, env, role, fingerprints)
-            if not store.is_done("diffusers", key):
-                raise RuntimeError(f"the {role} diffuser of {env} is missing: stage 2 did not finish")
-            dirs[role] = store.path("diffusers", key)
-        normalizer = load_diffuser(dirs["base"]).normalizer
-        skey = shards_key(spec, env, fingerprints)
-        shard_dir = store.path("shards", skey)
-        if not store.is_done("shards", skey):
-            rng = np.random.default_rng(spec.seed)
-            base = env_windows(spec, env, "base", "train", normalizer)
-            starts = base.batch(rng.integers(len(base), size=min(4096, len(base))))[:, 0, base.action_dim:]
-            noised = None
-            if spec.pregen.algorithm == "dataset_noising":
-                roles = {"base": ["base"], "expert": ["expert"], "mixed": ["base", "expert"]}[spec.pregen.noising_source]
-                parts = []
-                for role in roles:
-                    w = base if role == "base" else env_windows(spec, env, role, "train", normalizer)
-                    parts.append(w.batch(rng.integers(len(w), size=min(len(w), spec.pregen.noised_windows))))
-                noised = np.concatenate(parts)
-            gpus = spec.resources.pregen_gpus_per_task if spec.resources.use_gpu else 0.0
-            pregenerate(dirs["base"], dirs["expert"], shard_dir, spec.pregen, seed=spec.seed, starts=starts,
-                        dataset_windows=noised, gpus_per_task=gpus, overwrite=True, progress=False,
-                        on_this_node=storage.is_remote)
-            store.mark_done("shards", skey)
-        remote = (storage.fs, storage.remote_path(f"artifacts/shards/{skey}")) if storage.is_remote else None
-        result = train_reward(shard_dir, spec.reward_of(env), spec.resources, paths.train, f"reward-{env}-{rkey}",
-                              seed=spec.seed, normalizer=normalizer.to_dict(), callbacks=tune_report_callbacks(),
-                              remote=remote)
-        publish_checkpoint(store, "rewards", rkey, result)
-    tune.report({"done": 1, "artifact": rkey})
+    base, expert = (model_key(spec, env, role, fingerprints) for role in ("base", "expert"))
+    normalizer = load_normalizer(paths.artifacts.require("diffusers", base, f"the base diffuser of {env}"))
+    extraction = extract_reward(paths, base, expert, lambda role, split: env_windows(spec, env, role, split, normalizer),
+                                spec.pregen, spec.reward_of(env), spec.resources, spec.seed, f"reward-{env}",
+                                callbacks=tune_report_callbacks())
+    tune.report({"done": 1, "artifact": extraction.key, **extraction.summary()})
 
 
 # -- stage 4: rollouts ------------------------------------------------------------------
@@ -220,19 +190,15 @@ def load_guide(spec: LocomotionSweepSpec, paths: SweepPaths, env: str, method: s
     """The guide rho(x, t) of a method on normalised windows (None for unsteered)."""
     if method == "unsteered":
         return None
-    store = paths.artifacts
-    key = guide_key(spec, env, method, fingerprints)
     kind = "rewards" if method == "rrf" else "discriminators"
-    if not store.is_done(kind, key):
-        raise RuntimeError(f"the {method} model of {env} is missing at {store.path(kind, key)}: "
-                           "an earlier stage did not finish")
+    path = paths.artifacts.require(kind, guide_key(spec, env, method, fingerprints), f"the {method} model of {env}")
     if method == "rrf":
         from rrf_ray.rrf.reward_nets import load_reward
 
-        return load_reward(store.path(kind, key), device=device)
+        return load_reward(path, device=device)
     from rrf_ray.locomotion.discriminator import load_discriminator
 
-    return load_discriminator(store.path(kind, key), device=str(device)).guide()
+    return load_discriminator(path, device=str(device)).guide()
 
 
 def rollout_metrics(spec: LocomotionSweepSpec, paths: SweepPaths, row: dict, fingerprints: dict) -> dict:
@@ -247,13 +213,12 @@ def rollout_metrics(spec: LocomotionSweepSpec, paths: SweepPaths, row: dict, fin
     device = torch.device("cuda" if spec.rollout.gpus > 0 and torch.cuda.is_available() else "cpu")
     configure_precision(device)
     env, method = row["env"], row["method"]
-    base_key = model_key(spec, env, "base", fingerprints)
-    if not paths.artifacts.is_done("diffusers", base_key):
-        raise RuntimeError(f"the base diffuser of {env} is missing: stage 2 did not finish")
-    planner = load_diffuser(paths.artifacts.path("diffusers", base_key), device=device)
+    base_dir = paths.artifacts.require("diffusers", model_key(spec, env, "base", fingerprints),
+                                       f"the base diffuser of {env}")
+    planner = load_diffuser(base_dir, device=device)
     guide = load_guide(spec, paths, env, method, fingerprints, device)
     guidance = guidance_spec(row["omega"], row["t_stopgrad"], spec.search.n_guide_steps,
-                             spec.search.scale_grad_by_std)
+                             spec.search.scale_grad_by_std, spec.search.guidance_form)
     t0 = time.perf_counter()
     results = [rollout(planner, spec.environments[env].env_id, spec.rollout.n_envs, spec.rollout.max_steps, seed,
                        spec.environments[env].reference_scores, guide=guide, guidance=guidance)

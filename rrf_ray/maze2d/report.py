@@ -36,7 +36,7 @@ from rrf_ray.metrics.intervals import rate_with_interval
 
 TRIALS_FILE, RESULT_FILE, HEATMAP_FILE = "trials.json", "result.json", "heatmap.npz"
 METRIC_FIELDS = ["goal_recovered", "goal_distance", "peak_x", "peak_y", "accuracy", "roc_auc", "erc",
-                 "n_base_windows", "n_expert_windows"]
+                 "n_base_windows", "n_expert_windows", "reward_val_cosine", "reward_val_loss", "reward_cosine"]
 PHASE_FIELDS = ["expert_s", "pregen_s", "reward_s", "eval_s"]  # wall-clock seconds per trial phase
 CSV_FIELDS = (["trial_id", "maze", "goal", "goal_row", "goal_col", "seed", "status", "error"] + METRIC_FIELDS
               + PHASE_FIELDS)
@@ -312,6 +312,8 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         f"{f'{_pct(acc.min())}–{_pct(acc.max())}' if acc.size else NOT_REPORTED} |",
         f"| discriminability ROC AUC, mean | {NOT_REPORTED} | {_num(_mean(auc))} |",
         f"| ERC (Pearson distance to −distance-to-goal), mean | {NOT_REPORTED} | {_num(_mean(erc_vals))} |",
+        f"| reward fit: gradient cosine on held-out episodes' triples, mean | {NOT_REPORTED} | "
+        f"{_num(_mean(_metric(trials, 'reward_val_cosine')))} |",
         "",
         "## Per maze",
         "",

@@ -17,14 +17,12 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from rrf_ray.engine.artifacts import artifact_key
 from rrf_ray.engine.atomic import write_atomic
 from rrf_ray.engine.stages import (
     PhaseTimer,
     SweepPaths,
-    publish_checkpoint,
+    copy_checkpoint,
     raise_if_any_failed,
     recorded_trial,
     run_stage,
@@ -33,6 +31,7 @@ from rrf_ray.engine.stages import (
 )
 from rrf_ray.engine.storage import SweepStorage
 from rrf_ray.maze2d.spec import Maze2DSpec
+from rrf_ray.rrf.extract import extraction_keys
 
 STAGE_BASE, STAGE_TRIALS = "stage2-base-diffusers", "stage3-trials"
 
@@ -67,11 +66,13 @@ def expert_key(spec: Maze2DSpec, maze: str, goal: int, seed: int) -> str:
 
 
 def shards_key(spec: Maze2DSpec, maze: str, goal: int, seed: int) -> str:
-    return artifact_key("shards", expert_key(spec, maze, goal, seed), spec.pregen)
+    return extraction_keys(base_key(spec, maze, seed), expert_key(spec, maze, goal, seed), spec.pregen, spec.reward,
+                           seed)[0]
 
 
 def reward_key(spec: Maze2DSpec, maze: str, goal: int, seed: int) -> str:
-    return artifact_key("reward", shards_key(spec, maze, goal, seed), spec.reward)
+    return extraction_keys(base_key(spec, maze, seed), expert_key(spec, maze, goal, seed), spec.pregen, spec.reward,
+                           seed)[1]
 
 
 def result_key(spec: Maze2DSpec, maze: str, goal: int, seed: int) -> str:
@@ -132,11 +133,9 @@ def train_base(config: dict, spec: Maze2DSpec, storage: SweepStorage) -> None:
 
     paths, maze, seed = SweepPaths(storage), config["maze"], config["seed"]
     key = base_key(spec, maze, seed)
-    if not paths.artifacts.is_done("diffusers", key):
-        data = windows(spec, paths, maze, None, "train")
-        result = train_diffuser(data, spec.diffusion, spec.resources, paths.train, f"base-{maze}-{key}",
-                                seed=seed, callbacks=tune_report_callbacks())
-        publish_checkpoint(paths.artifacts, "diffusers", key, result)
+    paths.artifacts.ensure("diffusers", key, lambda d: copy_checkpoint(
+        train_diffuser(windows(spec, paths, maze, None, "train"), spec.diffusion, spec.resources, paths.train,
+                       f"base-{maze}-{key}", seed=seed, callbacks=tune_report_callbacks()), d))
     tune.report({"done": 1, "artifact": key})
 
 
@@ -159,15 +158,13 @@ def _trial_work(spec: Maze2DSpec, paths: SweepPaths, maze: str, goal: int, seed:
     from rrf_ray.diffusion.checkpoint import load_normalizer
     from rrf_ray.diffusion.train import train_diffuser
     from rrf_ray.maze2d.evaluation import evaluate_reward
-    from rrf_ray.rrf.align import train_reward
-    from rrf_ray.rrf.pregenerate import pregenerate
+    from rrf_ray.rrf.extract import extract_reward
     from rrf_ray.rrf.reward_nets import load_reward
 
     store = paths.artifacts
     timer = PhaseTimer()
-    base_dir = store.path("diffusers", base_key(spec, maze, seed))
-    if not store.is_done("diffusers", base_key(spec, maze, seed)):
-        raise RuntimeError(f"base diffuser of {maze} is missing at {base_dir}: stage 2 did not finish")
+    bkey = base_key(spec, maze, seed)
+    base_dir = store.require("diffusers", bkey, f"the base diffuser of {maze} (stage 2)")
     normalizer = load_normalizer(base_dir)  # both models and the reward share one space
     loaded = {}
 
@@ -178,59 +175,23 @@ def _trial_work(spec: Maze2DSpec, paths: SweepPaths, maze: str, goal: int, seed:
         return loaded[g, split, for_evaluation]
 
     ekey = expert_key(spec, maze, goal, seed)
-    if not store.is_done("diffusers", ekey):
-        timer.start("expert")
-        data = maze_windows(goal, "train")
-        init = base_dir if spec.expert.init == "base" else None
-        result = train_diffuser(data, spec.expert.diffusion(spec.diffusion), spec.resources, paths.train,
-                                f"expert-{maze}-g{goal}-{ekey}", seed=seed, init_from=init,
-                                callbacks=tune_report_callbacks())
-        publish_checkpoint(store, "diffusers", ekey, result)
+    timer.start("expert")
+    store.ensure("diffusers", ekey, lambda d: copy_checkpoint(train_diffuser(
+            maze_windows(goal, "train"), spec.expert.diffusion(spec.diffusion), spec.resources, paths.train,
+            f"expert-{maze}-g{goal}-{ekey}", seed=seed, init_from=base_dir if spec.expert.init == "base" else None,
+            callbacks=tune_report_callbacks()), d))
 
-    skey = shards_key(spec, maze, goal, seed)
-    shard_dir = store.path("shards", skey)
-    if not store.is_done("shards", skey):
-        timer.start("pregen")
-        base_train = maze_windows(None, "train")
-        rng = np.random.default_rng(seed)
-        starts = base_train.batch(rng.integers(len(base_train), size=min(4096, len(base_train))))
-        action_dim = base_train.action_dim
-        noised = None
-        if spec.pregen.algorithm == "dataset_noising":
-            noised = _noising_windows(spec, maze_windows, goal, rng)
-        gpus = spec.resources.pregen_gpus_per_task if spec.resources.use_gpu else 0.0
-        pregenerate(base_dir, store.path("diffusers", ekey), shard_dir, spec.pregen, seed=seed,
-                    starts=starts[:, 0, action_dim:], dataset_windows=noised, gpus_per_task=gpus,
-                    overwrite=True, progress=False, on_this_node=paths.storage.is_remote,
-                    in_process=spec.resources.trains_locally)
-        store.mark_done("shards", skey)  # remote storage: pushed there first
-
-    rkey = reward_key(spec, maze, goal, seed)
-    if not store.is_done("rewards", rkey):
-        timer.start("reward")
-        storage = paths.storage
-        remote = (storage.fs, storage.remote_path(f"artifacts/shards/{skey}")) if storage.is_remote else None
-        result = train_reward(shard_dir, spec.reward, spec.resources, paths.train, f"reward-{maze}-g{goal}-{rkey}",
-                              seed=seed, normalizer=normalizer.to_dict(), callbacks=tune_report_callbacks(),
-                              remote=remote)
-        publish_checkpoint(store, "rewards", rkey, result)
+    timer.stop()
+    extraction = extract_reward(paths, bkey, ekey, lambda role, split: maze_windows(
+        None if role == "base" else goal, split), spec.pregen, spec.reward, spec.resources, seed,
+        f"reward-{maze}-g{goal}", callbacks=tune_report_callbacks())
 
     timer.start("eval")
-    reward = load_reward(store.path("rewards", rkey))
+    reward = load_reward(extraction.path)
     held_base, held_expert = maze_windows(None, "heldout", True), maze_windows(goal, "heldout", True)
     metrics = evaluate_reward(lambda x: reward.score(x, t=spec.evaluation.t), spec.maze(maze), goal, held_base,
                               held_expert, out, max_windows=spec.evaluation.max_windows, seed=seed)
-    return {**metrics.as_dict(), **timer.stop()}
-
-
-def _noising_windows(spec, maze_windows, goal, rng) -> np.ndarray:
-    """Algorithm 1's x0 windows, drawn from the training windows of each noising source."""
-    sources = {"base": [None], "expert": [goal], "mixed": [None, goal]}[spec.pregen.noising_source]
-    parts = []
-    for g in sources:
-        w = maze_windows(g, "train")
-        parts.append(w.batch(rng.integers(len(w), size=min(len(w), spec.pregen.noised_windows))))
-    return np.concatenate(parts)
+    return {**metrics.as_dict(), **extraction.summary(), **extraction.seconds, **timer.stop()}
 
 
 def run_sweep(spec: Maze2DSpec, storage: SweepStorage, resume: bool = False, address: str | None = None) -> Path:

@@ -54,6 +54,7 @@ class AlignJob:
     label: str
     has_val: bool
     cache: bool = False  # each worker's training triples fit in reward.memory_cache_mb: keep them in memory
+    loss_mask: np.ndarray | None = None  # sample-shaped, False at inpainted entries (Manifest.loss_mask)
     local_run: LocalRun | None = None  # set when the run is in local mode (fit_training_run)
 
 
@@ -129,10 +130,10 @@ class ValidationBatches:
         return iter(self.batches)
 
 
-def validate(net, batches, device) -> dict:
+def validate(net, batches, device, mask=None) -> dict:
     losses, cosines = [], []
     for batch in batches:
-        loss, grad, target = alignment_terms(net, batch, device, create_graph=False)
+        loss, grad, target = alignment_terms(net, batch, device, create_graph=False, mask=mask)
         losses.append(loss.item())
         cosines.append(mean_cosine(grad, target).item())
     return {"val_loss": float(np.mean(losses)), "val_cosine": float(np.mean(cosines))} if losses else {}
@@ -165,9 +166,10 @@ def align_loop_per_worker(config: dict) -> None:
             yield from source.epoch()
 
     data = batches()
+    mask = None if job.loss_mask is None else torch.as_tensor(job.loss_mask, device=device)
 
     def step(i: int):
-        loss, grad, target = alignment_terms(net, next(data), device, create_graph=True)
+        loss, grad, target = alignment_terms(net, next(data), device, create_graph=True, mask=mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(net, world)
@@ -188,7 +190,7 @@ def align_loop_per_worker(config: dict) -> None:
         checkpoint_every=spec.checkpoint_every, batch=batch, world=world, rank=rank, device=device,
         checkpoint_config=sample_reward_config(spec, sample_shape, job.normalizer),
         checkpoint_state=lambda at: training_state(net, ema, optimizer, at), progress=progress,
-        validate=(lambda: validate(ema.module, val, device)) if val is not None else None,
+        validate=(lambda: validate(ema.module, val, device, mask)) if val is not None else None,
         advice="lower reward.learning_rate or set reward.grad_clip", local_run=job.local_run)
     loop.run(step, start)
 
@@ -245,6 +247,6 @@ def train_reward(shard_dir, spec: RewardSpec, resources: ResourceSpec, storage_p
         datasets, manifest = shard_datasets(shard_dir, materialize, remote)
     job = AlignJob(spec, manifest.sample_shape, normalizer, seed,
                    max(1, math.floor(resources.cpus_per_worker)), name, "val" in datasets,
-                   cache=fits)
+                   cache=fits, loss_mask=manifest.loss_mask())
     return fit_training_run(align_loop_per_worker, job, resources, storage_path, name, max_failures, callbacks,
                             datasets=datasets, dataset_config=data_config(["train"]))

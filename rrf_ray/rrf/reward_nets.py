@@ -189,17 +189,34 @@ def reward_gradient(net: nn.Module, x: torch.Tensor, t: torch.Tensor, create_gra
 KIND = "reward_net"
 
 
-def alignment_terms(net, batch: dict, device, create_graph: bool):
+def alignment_terms(net, batch: dict, device, create_graph: bool, mask: torch.Tensor | None = None):
     """(loss, grad rho, target) for a batch of triples: the relative-reward objective, grad rho(x_next, t) matched
-    to x_expert - x_base (SPEC section 4). Ray-free, so benchmarks/model_rates.py can time it anywhere."""
+    to x_expert - x_base (docs/method.md), over the entries `mask` (sample-shaped bool) keeps. Ray-free, so
+    benchmarks/model_rates.py can time it anywhere.
+
+    Left out: the columns a reward does not see (rho is constant along them) and entries fixed by
+    inpainting (the start state), whose target is 0 by construction and would pull grad rho to 0 there.
+    The grad and target returned are (B, kept entries)."""
     x = batch["x_next"].to(device).requires_grad_(True)
     t = batch["t"].to(device).long()
     target = (batch["x_expert"] - batch["x_base"]).to(device)
     grad = reward_gradient(net, x, t, create_graph=create_graph)
-    dims = getattr(net, "input_dims", None)
-    if dims is not None:  # rho is constant along the columns it does not see: match only the others
-        grad, target = grad[..., dims], target[..., dims]
+    keep = loss_mask(tuple(x.shape[1:]), getattr(net, "input_dims", None), mask, device)
+    grad, target = grad[:, keep], target[:, keep]
     return F.mse_loss(grad, target), grad, target
+
+
+def loss_mask(sample_shape: tuple[int, ...], input_dims: list[int] | None, conditioned: torch.Tensor | None,
+              device) -> torch.Tensor:
+    """The entries of a sample the alignment loss compares: all, less unseen columns and conditioned entries."""
+    keep = torch.ones(sample_shape, dtype=torch.bool, device=device)
+    if input_dims is not None:
+        seen = torch.zeros(sample_shape[-1], dtype=torch.bool, device=device)
+        seen[list(input_dims)] = True
+        keep &= seen
+    if conditioned is not None:
+        keep &= torch.as_tensor(conditioned, dtype=torch.bool, device=device)
+    return keep
 
 
 def mean_cosine(grad: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

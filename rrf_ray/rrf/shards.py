@@ -4,8 +4,10 @@ Columns: `x_next`, `x_base`, `x_expert` as fixed-shape float32 tensor columns of
 sample shape ([H, D] trajectory windows, [C, H, W] image latents; Arrow's canonical
 `fixed_shape_tensor`: Ray Data reads them as (B, *shape) tensors; a list-of-arrays
 column is ~100x slower), plus `t` (diffusion step of x_next),
-`chain_kind` (1: the chain followed the base model, 2: the expert, 0: dataset noising)
-and `chain_id`. Each shard is written to a temp file and renamed; the manifest records
+`chain_kind` (1: the chain followed the base model, 2: the expert, 0: dataset noising),
+`chain_id`, and where the row's data came from: `source_dataset` (1 base, 2 expert, 0 none)
+and `source_episode` (the episode of the noised window or of the inpainted start; -1 none),
+so that anyone can check that validation rows come from held-out episodes only. Each shard is written to a temp file and renamed; the manifest records
 its rows and SHA-256 and is itself replaced atomically after each shard.
 """
 
@@ -38,11 +40,17 @@ def tensor_column(a: np.ndarray) -> pa.ExtensionArray:
     return pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), list(a.shape[1:])), storage)
 
 
-def triples_table(x_next, x_base, x_expert, t, chain_kind, chain_id) -> pa.Table:
+def triples_table(x_next, x_base, x_expert, t, chain_kind, chain_id, source_dataset=None,
+                  source_episode=None) -> pa.Table:
     columns = {name: tensor_column(a) for name, a in zip(TENSOR_COLUMNS, (x_next, x_base, x_expert))}
+    n = len(t)
     columns["t"] = pa.array(np.asarray(t, dtype=np.int32))
     columns["chain_kind"] = pa.array(np.asarray(chain_kind, dtype=np.int8))
     columns["chain_id"] = pa.array(np.asarray(chain_id, dtype=np.int64))
+    columns["source_dataset"] = pa.array(np.zeros(n, np.int8) if source_dataset is None
+                                         else np.asarray(source_dataset, dtype=np.int8))
+    columns["source_episode"] = pa.array(np.full(n, -1, np.int64) if source_episode is None
+                                         else np.asarray(source_episode, dtype=np.int64))
     return pa.table(columns)
 
 
@@ -58,7 +66,8 @@ def read_triples(paths) -> dict[str, np.ndarray]:
 def expected_schema(*sample_shape: int) -> pa.Schema:
     tensor = pa.fixed_shape_tensor(pa.float32(), [int(n) for n in sample_shape])
     return pa.schema([(c, tensor) for c in TENSOR_COLUMNS]
-                     + [("t", pa.int32()), ("chain_kind", pa.int8()), ("chain_id", pa.int64())])
+                     + [("t", pa.int32()), ("chain_kind", pa.int8()), ("chain_id", pa.int64()),
+                        ("source_dataset", pa.int8()), ("source_episode", pa.int64())])
 
 
 def file_sha256(path: Path) -> str:
@@ -84,11 +93,14 @@ class Manifest:
     """What a shard directory holds: its spec fingerprint, sample shape, and each complete shard.
 
     sample_shape is (horizon, transition_dim) for trajectory windows, (C, H, W) for image latents.
+    conditioned: the entries every triple holds fixed by inpainting (`{"rows": [0], "first_column":
+    action_dim}`: the start state), whose target is 0 by construction; the alignment loss leaves them out.
     """
 
     fingerprint: dict
     sample_shape: tuple[int, ...]
     shards: dict[str, dict] = field(default_factory=dict)  # name -> {rows, sha256, split}
+    conditioned: dict | None = None
 
     def __post_init__(self):
         self.sample_shape = tuple(int(n) for n in self.sample_shape)
@@ -114,10 +126,11 @@ class Manifest:
             return None
         d = json.loads(path.read_text())
         shape = d.get("sample_shape") or (d["horizon"], d["transition_dim"])  # manifests before sample_shape
-        return cls(d["fingerprint"], shape, d["shards"])
+        return cls(d["fingerprint"], shape, d["shards"], d.get("conditioned"))
 
     def save(self, directory) -> None:
-        body = {"fingerprint": self.fingerprint, "sample_shape": list(self.sample_shape), "shards": self.shards}
+        body = {"fingerprint": self.fingerprint, "sample_shape": list(self.sample_shape), "shards": self.shards,
+                "conditioned": self.conditioned}
         if len(self.sample_shape) == 2:  # still readable by code that knows only windows
             body["horizon"], body["transition_dim"] = self.sample_shape
         write_atomic(Path(directory) / MANIFEST, json.dumps(body, indent=1, sort_keys=True))
@@ -125,6 +138,15 @@ class Manifest:
     def paths(self, directory, split: str | None = None) -> list[str]:
         return [str(Path(directory) / name) for name, entry in sorted(self.shards.items())
                 if split is None or entry["split"] == split]
+
+    def loss_mask(self) -> np.ndarray | None:
+        """(sample_shape) bool, False at the conditioned entries (None: every entry counts)."""
+        if not self.conditioned:
+            return None
+        mask = np.ones(self.sample_shape, dtype=bool)
+        for row in self.conditioned["rows"]:
+            mask[row, self.conditioned["first_column"]:] = False
+        return mask
 
     def rows(self, split: str | None = None) -> int:
         return sum(e["rows"] for e in self.shards.values() if split is None or e["split"] == split)

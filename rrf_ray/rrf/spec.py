@@ -59,15 +59,18 @@ class PregenSpec(Strict):
     noised_per_shard: int = Field(10_000, gt=0)
     noising_source: Literal["base", "expert", "mixed"] = "base"
     grad_at: Literal["x_t", "base_mean"] = Field(
-        "x_t", description="Algorithm 1: where grad rho is taken (the authors' Maze2D code: base_mean)")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of shards held out for validation")
+        "x_t", description="Algorithm 1: where grad rho is taken (the authors' Maze2D code: base_mean); a reward "
+        "that guides with guidance.form janner is queried at x_t")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of shards made for validation, from "
+                                "the datasets' held-out episodes only")
 
     def describe(self) -> str:
         """Where the triples come from, in words (for --dry-run and the report)."""
+        held = f", validation from held-out episodes ({self.val_fraction:.0%} of shards)" if self.val_fraction else ""
         if self.algorithm == "dataset_noising":
             return (f"Algorithm 1: {self.noised_windows:,} noised {self.noising_source} dataset windows, "
-                    f"grad rho at {self.grad_at}")
-        return f"Algorithm 2: {self.chains_per_kind:,} pre-generated chains per model"
+                    f"grad rho at {self.grad_at}{held}")
+        return f"Algorithm 2: {self.chains_per_kind:,} pre-generated chains per model{held}"
 
 
 class LatentRewardSpec(RewardSpec):

@@ -266,3 +266,34 @@ def test_adam_helper_takes_plain_adams_steps():
     with torch.no_grad():
         moved = (plain(x, t) - before).abs().max()
         assert (fast(x, t) - plain(x, t)).abs().max() <= 0.05 * moved  # trained alike, far more than they differ
+
+
+@pytest.mark.parametrize("grad_at", ["x_t", "base_mean"])
+def test_mean_shift_guidance_moves_the_step_mean_by_grad_rho_once(grad_at):
+    """form mean_shift: x_{t-1} = mu(x_t) + scale * grad rho + std * z (the expert step the relative reward
+    implies), grad rho taken at x_t or at the base mean; Janner's form moves x_t first and is another step."""
+    torch.manual_seed(0)
+    model = TrajectoryDiffuser(3, 1, 8, DiffusionSpec(n_timesteps=10, dim=8, dim_mults=[1, 2])).eval()
+    weights = torch.randn(8, 3)
+    points = []
+
+    def rho(x, t):  # a reward whose gradient depends on where it is taken: 0.5 * sum(w * x^2)
+        points.append(x.detach().clone())
+        return 0.5 * (weights * x ** 2).sum(dim=(1, 2))
+
+    x = torch.randn(4, 8, 3)
+    cond = {0: torch.zeros(4, 2)}
+    guidance = GuidanceSpec(scale=0.7, form="mean_shift", grad_at=grad_at, n_guide_steps=3)
+    got = model.reverse_step(x, 5, cond, rho, guidance, torch.Generator().manual_seed(1))
+    t = torch.full((4,), 5)
+    mean, std = model.posterior(x, t)
+    at = x if grad_at == "x_t" else mean.clone()
+    at[:, 0, 1:] = 0.0 if grad_at == "base_mean" else at[:, 0, 1:]
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    want = mean + 0.7 * weights * at + std * noise
+    want[:, 0, 1:] = 0.0
+    torch.testing.assert_close(got, want)
+    assert len(points) == 1  # once per step, whatever n_guide_steps says
+    janner = model.reverse_step(x, 5, cond, rho, guidance.model_copy(update={"form": "janner"}),
+                                torch.Generator().manual_seed(1))
+    assert not torch.allclose(janner, got)

@@ -42,6 +42,7 @@ def test_bad_yaml_file_exits_2(tmp_path):
     assert r.returncode == 2 and "not valid YAML" in r.stderr
 
 
+@pytest.mark.slow  # starts Ray
 def test_acceptance_command_makes_a_minari_dataset(tmp_path):
     r = run_cli("maze2d", "--maze", "umaze", "--goal", "3", "--transitions", "20000", "--seed", "0",
                 "--root", str(tmp_path), "--workers", "2")

@@ -10,6 +10,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 HOLD_RAY = textwrap.dedent("""
     import sys, time
     import ray
@@ -44,6 +46,7 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float = 120) -> lis
     raise AssertionError(f"no {marker!r} line; got: {lines[-20:]}")
 
 
+@pytest.mark.slow  # starts Ray
 def test_two_drivers_get_their_own_ray_and_one_dying_leaves_the_other(tmp_path):
     first = start("hold")
     try:
@@ -67,6 +70,7 @@ def test_two_drivers_get_their_own_ray_and_one_dying_leaves_the_other(tmp_path):
             os.killpg(first.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # starts Ray
 def test_a_stale_ray_start_record_is_ignored_and_a_live_one_joined():
     """/tmp/ray/ray_current_cluster outlives a Ray that was killed (not `ray stop`ped): joining it
     would wait minutes for a GCS that never answers, so a driver starts its own Ray with a note."""
@@ -148,6 +152,7 @@ def run_chatty(mode: str) -> str:
     return r.stdout + r.stderr
 
 
+@pytest.mark.slow  # starts Ray
 def test_the_console_is_quiet_unless_verbose_and_says_where_rays_messages_went():
     quiet = run_chatty("quiet")
     assert "[toy-run] step 1/1 loss 0.5" in quiet  # a step line, as training runs print them

@@ -137,6 +137,7 @@ def test_sigterm_or_ctrl_c_in_the_trials_stage_stops_resumably(tmp_path):
     assert toy.result_bytes(0) == finished and toy.result(1)["metrics"] == {"value": 4.0}
 
 
+@pytest.mark.slow  # starts Ray
 def test_a_stop_outside_the_tune_stages_is_as_clean(tmp_path):
     """SIGTERM while the driver waits in ray.get (as in a dataset stage): exit 143 and the resume line."""
     toy = Toy(tmp_path, seeds=(0,))

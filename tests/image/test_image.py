@@ -199,7 +199,7 @@ def test_sweep_cli_end_to_end_records_a_failed_seed_resumes_it_and_writes_the_re
     assert results["val_cosine"] > 0.1
 
     # another --resume recomputes nothing: the trial's files, the artifacts and the numbers stay as they are
-    kept = [trial / "result.json", trial / "extremes.png", trial / "reward_metrics.json", reward_done,
+    kept = [trial / "result.json", trial / "extremes.png", reward_done.parent / "alignment_metrics.json", reward_done,
             shard_dir / "DONE"]
     stamps = [p.stat().st_mtime_ns for p in kept]
     assert main([str(spec), "--storage", str(storage), "--resume"]) == 0

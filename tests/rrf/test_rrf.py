@@ -12,7 +12,7 @@ from tolerances import assert_float32_close
 from rrf_ray.engine.spec import ResourceSpec
 from rrf_ray.engine.training import NonFiniteLossError
 from rrf_ray.rrf.align import train_reward
-from rrf_ray.rrf.pregenerate import pregenerate
+from rrf_ray.rrf.pregenerate import WindowDraw, pregenerate
 from rrf_ray.rrf.reward_nets import WindowMLPReward, build_reward_net, load_reward, reward_gradient
 from rrf_ray.rrf.shards import Manifest, ShardError, verify_shards
 from rrf_ray.rrf.spec import PregenSpec, RewardSpec
@@ -21,6 +21,12 @@ from rrf_ray.rrf.spec import PregenSpec, RewardSpec
 ray.cloudpickle.register_pickle_by_value(analytic_models)
 
 H, D = 4, 2
+
+
+def window_draw(n, seed=0, first_episode=0, dataset=1):
+    """n random normalised windows, window i from episode first_episode + i // 4."""
+    windows = np.random.default_rng(seed).uniform(-1, 1, size=(n, H, D)).astype(np.float32)
+    return WindowDraw(windows, np.full(n, dataset, np.int8), first_episode + np.arange(n) // 4)
 
 
 def analytic_pair(seed=0):
@@ -104,11 +110,11 @@ def test_truncated_shard_is_named_and_repaired(ray_local, tmp_path):
 def test_shards_written_in_process_equal_the_tasks_shards(ray_local, tmp_path, algorithm):
     """A one-CPU trial writes its shards itself: same seeds per shard, so the same triples."""
     base, expert, _ = analytic_pair()
-    windows = np.random.default_rng(0).uniform(-1, 1, size=(64, H, D)).astype(np.float32)
+    train, val = window_draw(64), window_draw(16, seed=1, first_episode=100)
     spec = PregenSpec(algorithm=algorithm, chains_per_kind=16, chains_per_shard=4, noised_windows=40,
                       noised_per_shard=10, val_fraction=0.25)
-    by_task = pregenerate(base, expert, tmp_path / "tasks", spec, seed=3, dataset_windows=windows, progress=False)
-    here = pregenerate(base, expert, tmp_path / "here", spec, seed=3, dataset_windows=windows, progress=False,
+    by_task = pregenerate(base, expert, tmp_path / "tasks", spec, seed=3, train=train, val=val, progress=False)
+    here = pregenerate(base, expert, tmp_path / "here", spec, seed=3, train=train, val=val, progress=False,
                        in_process=True)
     assert set(here.shards) == set(by_task.shards) and len(here.shards) >= 4
     for name in by_task.shards:
@@ -172,10 +178,9 @@ def test_non_finite_loss_stops_with_the_step(ray_local, tmp_path):
 def test_dataset_noising_triples(ray_local, tmp_path, grad_at):
     """Algorithm 1: triples from noised dataset windows; grad rho taken where the spec says."""
     base, expert, phi = analytic_pair()
-    windows = np.random.default_rng(0).uniform(-1, 1, size=(500, H, D)).astype(np.float32)
     spec = PregenSpec(algorithm="dataset_noising", noised_windows=300, noised_per_shard=100, grad_at=grad_at,
                       val_fraction=0.0)
-    manifest = pregenerate(base, expert, tmp_path, spec, seed=0, dataset_windows=windows, progress=False)
+    manifest = pregenerate(base, expert, tmp_path, spec, seed=0, train=window_draw(500), progress=False)
     assert manifest.rows() == 300
     table = pq.read_table(manifest.paths(tmp_path))
     x_next = table["x_next"].combine_chunks().to_numpy_ndarray()
@@ -283,3 +288,79 @@ def test_reward_of_chosen_columns_is_matched_only_on_them():
         build_reward_net(RewardSpec(input_dims=[6]), 8, 6)
     with pytest.raises(ValueError, match="window_mlp setting"):
         RewardSpec(kind="value_unet", input_dims=[2, 3])
+
+
+@pytest.mark.parametrize("algorithm", ["pregenerate", "dataset_noising"])
+def test_validation_shards_hold_no_window_of_a_training_episode(tmp_path, algorithm):
+    """Through the one extraction path's window draw: training triples from training episodes, validation
+    triples from held-out episodes only (each row records its source episode)."""
+    from rrf_ray.data.windows import TrajectoryWindows
+    from rrf_ray.rrf.extract import draw_windows
+
+    base, expert, _ = analytic_pair()
+    rng = np.random.default_rng(0)
+
+    def episodes(first: int, n: int) -> TrajectoryWindows:  # n episodes of 3 windows each
+        w = TrajectoryWindows.from_array(rng.uniform(-1, 1, size=(3 * n, H, D)).astype(np.float32), action_dim=0)
+        w.episode_of_window = first + np.arange(3 * n) // 3
+        return w
+
+    data = {("base", "train"): episodes(0, 20), ("base", "heldout"): episodes(20, 3),
+            ("expert", "train"): episodes(0, 10), ("expert", "heldout"): episodes(10, 2)}
+    spec = PregenSpec(algorithm=algorithm, noising_source="mixed", chains_per_kind=40, chains_per_shard=10,
+                      noised_windows=200, noised_per_shard=50, val_fraction=0.25)
+    load = lambda role, split: data[role, split]  # noqa: E731
+    draw = np.random.default_rng(1)
+    manifest = pregenerate(base, expert, tmp_path, spec, seed=0, train=draw_windows(load, spec, "train", draw),
+                           val=draw_windows(load, spec, "heldout", draw), progress=False, in_process=True)
+    assert manifest.rows("val") > 0 and manifest.rows("train") > 0
+    seen = {split: pq.read_table(manifest.paths(tmp_path, split), columns=["source_dataset", "source_episode"])
+            for split in ("train", "val")}
+    for split, held_out in (("train", False), ("val", True)):
+        for code, role in ((1, "base"), (2, "expert")):
+            rows = seen[split]["source_dataset"].to_numpy() == code
+            got = set(seen[split]["source_episode"].to_numpy()[rows])
+            if algorithm == "pregenerate" and role == "expert":
+                assert not got  # Algorithm 2 starts its chains from base windows only
+                continue
+            assert got, (split, role)
+            want = set(data[role, "heldout" if held_out else "train"].episode_of_window)
+            assert got <= want, (split, role, got - want)
+            other = set(data[role, "train" if held_out else "heldout"].episode_of_window)
+            assert not got & other
+
+
+def test_conditioned_entries_contribute_no_loss(tmp_path):
+    """The inpainted start state (target 0 by construction) is left out of the alignment loss: changing its
+    target changes neither the loss nor the gradient of any weight; the manifest of conditioned triples says so."""
+    from rrf_ray.rrf.reward_nets import alignment_terms
+
+    manifest = pregenerate(AnalyticModel(H, 3, action_dim=1), AnalyticModel(H, 3, action_dim=1), tmp_path,
+                           PregenSpec(chains_per_kind=4, chains_per_shard=4, val_fraction=0.0), seed=0,
+                           train=WindowDraw(np.zeros((4, H, 3), np.float32), np.ones(4, np.int8), np.arange(4)),
+                           progress=False, in_process=True)
+    mask = torch.as_tensor(manifest.loss_mask())
+    assert mask.shape == (H, 3) and not mask[0, 1:].any() and mask[0, 0] and mask[1:].all()
+
+    torch.manual_seed(0)
+    net = build_reward_net(RewardSpec(model_horizon=1, hidden=[16]), H, 3)
+    x = torch.randn(6, H, 3)
+    batch = {"x_next": x, "x_base": torch.zeros_like(x), "x_expert": torch.randn(6, H, 3),
+             "t": torch.zeros(6, dtype=torch.long)}
+    moved = dict(batch, x_expert=batch["x_expert"].clone())
+    moved["x_expert"][:, 0, 1:] += 5.0  # only the conditioned entries' targets
+
+    def loss_and_grads(b, m):
+        net.zero_grad()
+        loss, _, _ = alignment_terms(net, b, "cpu", create_graph=True, mask=m)
+        loss.backward()
+        return loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in net.parameters()]
+
+    loss, grads = loss_and_grads(batch, mask)
+    loss_moved, grads_moved = loss_and_grads(moved, mask)
+    torch.testing.assert_close(loss, loss_moved)
+    for a, b in zip(grads, grads_moved):
+        torch.testing.assert_close(a, b)
+    unmasked, _ = loss_and_grads(batch, None)
+    unmasked_moved, _ = loss_and_grads(moved, None)
+    assert not torch.isclose(unmasked, unmasked_moved)  # without the mask, those entries pull on rho
