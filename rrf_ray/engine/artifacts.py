@@ -55,8 +55,8 @@ class ArtifactStore:
     def ensure(self, kind: str, key: str, build: Callable[[Path], object], in_place: bool = False) -> Path:
         """The artifact (kind, key): reused when finished, else built by `build(directory)`, then marked DONE.
 
-        `build` fills an empty temporary directory that is renamed into place only once it returns,
-        so a crash leaves nothing a later run trusts. in_place: build in the artifact's own
+        `build` makes and fills `directory`, a temporary path that is renamed into place only once it
+        returns, so a crash leaves nothing a later run trusts. in_place: build in the artifact's own
         directory instead, for a builder that resumes its own partial work (a shard set).
         """
         if self.is_done(kind, key):

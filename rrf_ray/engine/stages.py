@@ -71,12 +71,6 @@ def copy_checkpoint(result, directory: Path) -> None:
         shutil.copytree(d, directory)
 
 
-def publish_checkpoint(store: ArtifactStore, kind: str, key: str, result) -> Path:
-    """A training run's final checkpoint, published as the artifact `kind/key`."""
-    with result.checkpoint.as_directory() as d:
-        return store.publish(kind, key, d)
-
-
 def read_trial_result(storage: SweepStorage, tid: str) -> dict | None:
     try:
         return json.loads(storage.read_text(f"trials/{tid}/result.json") or "null")

@@ -62,9 +62,13 @@ def extraction_keys(base_key: str, expert_key: str, pregen: PregenSpec, reward: 
     return shards, artifact_key("reward", shards, reward)
 
 
-def draw_windows(load: WindowLoader, pregen: PregenSpec, split: str, rng: np.random.Generator):
+def draw_windows(load: WindowLoader, pregen: PregenSpec, split: str, rng: np.random.Generator, like=None):
     """The windows one split of the triples is made from: Algorithm 1 noises windows of its noising source
-    (up to pregen.noised_windows of each dataset), Algorithm 2 starts its chains from base windows."""
+    (up to pregen.noised_windows of each dataset), Algorithm 2 starts its chains from base windows.
+
+    like: a training draw whose mix of datasets this draw copies (as many windows of each, drawn with
+    replacement), so validation has the training mix: held-out expert episodes are few, and "up to n"
+    of each would make validation mostly base windows (measured: 72% against 50% in maze2d-smoke)."""
     from rrf_ray.rrf.pregenerate import WindowDraw
 
     if pregen.algorithm == "pregenerate":
@@ -75,7 +79,8 @@ def draw_windows(load: WindowLoader, pregen: PregenSpec, split: str, rng: np.ran
     draws = []
     for role in roles:
         windows = load(role, split)
-        draws.append(WindowDraw.of(windows, ROLE_CODE[role], rng, min(len(windows), n)))
+        count = min(len(windows), n) if like is None else int((like.dataset == ROLE_CODE[role]).sum())
+        draws.append(WindowDraw.of(windows, ROLE_CODE[role], rng, count))
     return WindowDraw.concat(draws)
 
 
@@ -87,7 +92,7 @@ def make_triples(paths: SweepPaths, shards_key: str, base_dir: Path, expert_dir:
     def build(directory: Path) -> None:
         rng = np.random.default_rng(seed)
         train = draw_windows(windows, pregen, "train", rng)
-        val = draw_windows(windows, pregen, "heldout", rng) if pregen.val_fraction > 0 else None
+        val = draw_windows(windows, pregen, "heldout", rng, like=train) if pregen.val_fraction > 0 else None
         pregenerate(base_dir, expert_dir, directory, pregen, seed=seed, train=train, val=val,
                     gpus_per_task=resources.pregen_gpus_per_task if resources.use_gpu else 0.0, overwrite=True,
                     progress=False, on_this_node=paths.storage.is_remote, in_process=resources.trains_locally)

@@ -311,8 +311,12 @@ def test_validation_shards_hold_no_window_of_a_training_episode(tmp_path, algori
                       noised_windows=200, noised_per_shard=50, val_fraction=0.25)
     load = lambda role, split: data[role, split]  # noqa: E731
     draw = np.random.default_rng(1)
-    manifest = pregenerate(base, expert, tmp_path, spec, seed=0, train=draw_windows(load, spec, "train", draw),
-                           val=draw_windows(load, spec, "heldout", draw), progress=False, in_process=True)
+    train = draw_windows(load, spec, "train", draw)
+    val = draw_windows(load, spec, "heldout", draw, like=train)
+    for code in (1, 2):  # validation keeps the training mix of datasets, though held-out episodes are fewer
+        assert (val.dataset == code).sum() == (train.dataset == code).sum()
+    manifest = pregenerate(base, expert, tmp_path, spec, seed=0, train=train, val=val, progress=False,
+                           in_process=True)
     assert manifest.rows("val") > 0 and manifest.rows("train") > 0
     seen = {split: pq.read_table(manifest.paths(tmp_path, split), columns=["source_dataset", "source_episode"])
             for split in ("train", "val")}
