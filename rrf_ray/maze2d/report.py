@@ -32,7 +32,7 @@ from rrf_ray.engine.atomic import write_atomic
 from rrf_ray.engine.report import save_figure_atomic
 from rrf_ray.maze2d.heatmap import Heatmap, plot_heatmap
 from rrf_ray.maze2d.mazes import DEFAULT_LAYOUTS, Maze, MazeError
-from rrf_ray.metrics.intervals import rate_with_interval
+from rrf_ray.metrics.intervals import format_rate
 
 TRIALS_FILE, RESULT_FILE, HEATMAP_FILE = "trials.json", "result.json", "heatmap.npz"
 METRIC_FIELDS = ["goal_recovered", "goal_distance", "peak_x", "peak_y", "accuracy", "roc_auc", "erc",
@@ -154,12 +154,38 @@ def _metric(trials: list[Trial], name: str) -> np.ndarray:
 
 
 def _fmt_rate(trials: list[Trial]) -> str:
+    """Goal recovery over completed and failed trials (a failed trial is a goal not recovered)."""
     done = [t for t in trials if t.ok]
-    if not done:
+    failed = sum(t.status == "failed" for t in trials)
+    if not done and not failed:
         return "no completed trials"
-    successes = [bool(t.metrics.get("goal_recovered")) for t in done]
-    p, hw = rate_with_interval(successes)
-    return f"{100 * p:.2f}% ± {100 * hw:.2f} ({sum(successes)}/{len(done)})"
+    text = format_rate([bool(t.metrics.get("goal_recovered")) for t in done], failed)
+    return text + (f", {failed} failed" if failed else "")
+
+
+def _nonfinite_lines(trials: list[Trial]) -> list[str]:
+    counts = _nonfinite(trials, ["goal_distance", "accuracy", "roc_auc", "erc"])
+    if not counts:
+        return []
+    return ["Missing or non-finite values, left out of the means above: "
+            + ", ".join(f"{name} in {n} trial(s)" for name, n in counts.items()) + ".", ""]
+
+
+def _nonfinite(trials: list[Trial], names: list[str]) -> dict[str, int]:
+    """How many completed trials report a missing or non-finite value of each metric (left out of its mean)."""
+    counts = {}
+    for name in names:
+        bad = sum(1 for t in trials if t.ok and not _finite(t.metrics.get(name)))
+        if bad:
+            counts[name] = bad
+    return counts
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _pct(x: float) -> str:
@@ -287,7 +313,9 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         "",
         f"{len(done)} of {len(trials)} expected trials completed "
         f"({len(failed)} failed, {len(missing)} missing). "
-        "Rates and means are over completed trials; intervals are p̂ ± 1.96·sqrt(p̂(1−p̂)/n).",
+        "Goal recovery counts a failed trial as a goal not recovered, with a 95% Wilson interval (the paper's "
+        "figures are p̂ ± 1.96·sqrt(p̂(1−p̂)/n), over completed trials); means are over completed trials with a "
+        "finite value, and the values left out are counted below the table.",
         "",
         "Protocol (SPEC section 4): held-out windows only; goal recovered when the smoothed "
         "heatmap's peak lies within 0.75 maze units of the goal; discriminability scored on a "
@@ -315,6 +343,7 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         f"| reward fit: gradient cosine on held-out episodes' triples, mean | {NOT_REPORTED} | "
         f"{_num(_mean(_metric(trials, 'reward_val_cosine')))} |",
         "",
+        *_nonfinite_lines(trials),
         "## Per maze",
         "",
         "| maze | expected | completed | failed | missing | goal recovery | mean peak distance "

@@ -21,7 +21,7 @@ from rrf_ray.maze2d.mazes import DEFAULT_LAYOUTS, Maze
 from rrf_ray.maze2d.spec import DataSpec
 from rrf_ray.metrics.discriminability import discriminability
 from rrf_ray.metrics.erc import erc
-from rrf_ray.metrics.intervals import rate_with_interval
+from rrf_ray.metrics.intervals import format_rate, rate_with_interval
 
 MAZES = list(DEFAULT_LAYOUTS)
 HORIZON, STRIDE = 16, 1
@@ -124,9 +124,16 @@ def test_heatmap_winsorises_and_round_trips(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporaries
 
 
-def test_rate_with_interval():
-    assert rate_with_interval([True, True, False, False]) == pytest.approx((0.5, 1.96 * math.sqrt(0.25 / 4)))
-    assert rate_with_interval([1] * 10) == (1.0, 0.0)
+def test_rate_with_interval_is_wilson_and_counts_failures():
+    # Wilson's 95% interval for 2/4: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)
+    z, n, p = 1.959963984540054, 4, 0.5
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert rate_with_interval([True, True, False, False]) == pytest.approx((0.5, centre - half, centre + half))
+    rate, low, high = rate_with_interval([True] * 16)  # 16/16 is not "100% ± 0"
+    assert rate == 1.0 and high == pytest.approx(1.0) and low < 0.85
+    assert format_rate([True] * 16).startswith("100.00% (95% Wilson 80.6–100.0%; 16/16)")
+    assert rate_with_interval([True] * 15, failures=1)[0] == 15 / 16  # a failed trial is in the denominator
+    assert format_rate([True] * 15, failures=1).endswith("15/16)")
     assert all(math.isnan(v) for v in rate_with_interval([]))
 
 

@@ -18,7 +18,7 @@ from rrf_ray.maze2d.evaluation import evaluate_reward, true_maze_return
 from rrf_ray.maze2d.mazes import Maze
 from rrf_ray.engine.cli import report_main
 from rrf_ray.maze2d.report import write_report
-from rrf_ray.metrics.intervals import rate_with_interval
+from rrf_ray.metrics.intervals import format_rate
 
 CUSTOM = {"layout": ["#####", "#OOO#", "#####"], "goals": [[1, 3]]}
 
@@ -87,13 +87,13 @@ def test_report_has_paper_numbers_and_ours(sweep):
         assert paper in text
     assert f"{len(ok)} of {len(expected)} expected trials completed (1 failed, 1 missing)" in text
 
-    def rate(results):
-        s = [r["metrics"]["goal_recovered"] for r in results]
-        p, hw = rate_with_interval(s)
-        return f"{100 * p:.2f}% ± {100 * hw:.2f} ({sum(s)}/{len(s)})"
+    def rate(results, failed=0):
+        return format_rate([r["metrics"]["goal_recovered"] for r in results], failed)
 
-    assert rate(ok) in text  # all, including the custom maze
-    assert rate([r for r in ok if r["maze"] in ("open", "umaze")]) in text
+    # all, including the custom maze; the failed trial (open) counts as a goal not recovered
+    assert f"| goal recovery, all | 78.12% ± 6.40 | {rate(ok, failed=1)}, 1 failed |" in text
+    assert rate([r for r in ok if r["maze"] in ("open", "umaze")], failed=1) in text
+    assert f"/{len(ok) + 1})" in text and "Wilson" in text
     assert "mazes here: none" in text  # no medium/large trials in this sweep
     accuracy = np.array([r["metrics"]["accuracy"] for r in ok])
     assert f"{100 * accuracy.mean():.2f}%" in text and f"{100 * np.median(accuracy):.2f}%" in text
@@ -183,3 +183,18 @@ def test_figures_and_tables_use_the_goals_the_spec_ran(tmp_path):
     with open(tmp_path / "results.csv", newline="") as f:
         (csv_row,) = list(csv.DictReader(f))
     assert (float(csv_row["goal_row"]), float(csv_row["goal_col"])) == (row, col)
+
+
+def test_a_non_finite_metric_is_counted_not_silently_dropped(sweep, tmp_path):
+    """A trial whose ERC came out NaN still counts for recovery; the report says its ERC was left out."""
+    import shutil
+
+    sweep_dir = tmp_path / "nan"
+    shutil.copytree(sweep[0], sweep_dir)
+    path = sweep_dir / "trials" / "umaze-goal1-seed0" / "result.json"
+    result = json.loads(path.read_text())
+    result["metrics"]["erc"] = float("nan")
+    path.write_text(json.dumps(result))
+    text = write_report(sweep_dir).read_text()
+    assert "left out of the means above: erc in 1 trial(s)" in text
+    assert "left out of the means above" not in sweep[3].read_text()  # the untouched sweep has none
