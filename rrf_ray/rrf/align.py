@@ -39,7 +39,14 @@ from rrf_ray.engine.training import (
     fit_training_run,
     train_worker_setup,
 )
-from rrf_ray.rrf.reward_nets import KIND, alignment_terms, build_reward_net, mean_cosine, sample_reward_config
+from rrf_ray.rrf.reward_nets import (
+    KIND,
+    alignment_terms,
+    build_reward_net,
+    loss_mask,
+    mean_cosine,
+    sample_reward_config,
+)
 from rrf_ray.rrf.shards import Manifest, read_triples, verify_shards
 from rrf_ray.rrf.spec import RewardSpec
 
@@ -166,7 +173,8 @@ def align_loop_per_worker(config: dict) -> None:
             yield from source.epoch()
 
     data = batches()
-    mask = None if job.loss_mask is None else torch.as_tensor(job.loss_mask, device=device)
+    # the entries the loss compares, once: unseen columns and inpainted entries left out
+    mask = loss_mask(sample_shape, getattr(net, "input_dims", None), job.loss_mask, device)
 
     def step(i: int):
         loss, grad, target = alignment_terms(net, next(data), device, create_graph=True, mask=mask)

@@ -54,11 +54,11 @@ class Extraction:
                 if k in self.metrics}
 
 
-def extraction_keys(base_key: str, expert_key: str, pregen: PregenSpec, reward: RewardSpec, seed: int,
-                    data=None) -> tuple[str, str]:
-    """(shards key, reward key): exactly what determines the triples and the reward. `data` names the windows'
-    datasets where the two models' keys do not already (e.g. a window spec the models were not trained on)."""
-    shards = artifact_key("triples", TRIPLES_VERSION, base_key, expert_key, pregen, int(seed), data)
+def extraction_keys(base_key: str, expert_key: str, pregen: PregenSpec, reward: RewardSpec,
+                    seed: int) -> tuple[str, str]:
+    """(shards key, reward key): exactly what determines the triples and the reward. The windows come from the
+    datasets the two models were trained on, which their keys already name."""
+    shards = artifact_key("triples", TRIPLES_VERSION, base_key, expert_key, pregen, int(seed))
     return shards, artifact_key("reward", shards, reward)
 
 
@@ -122,7 +122,7 @@ def aligned_reward(paths: SweepPaths, shards_key: str, reward_key: str, reward: 
 
 
 def extract_reward(paths: SweepPaths, base_key: str, expert_key: str, windows: WindowLoader, pregen: PregenSpec,
-                   reward: RewardSpec, resources: ResourceSpec, seed: int, label: str, data=None,
+                   reward: RewardSpec, resources: ResourceSpec, seed: int, label: str,
                    callbacks=None) -> Extraction:
     """The relative reward of the expert diffuser against the base (both finished `diffusers` artifacts):
     triples from `windows` (training split; validation from held-out episodes), then the alignment run."""
@@ -131,7 +131,7 @@ def extract_reward(paths: SweepPaths, base_key: str, expert_key: str, windows: W
     store = paths.artifacts
     base_dir = store.require("diffusers", base_key, "the base diffuser")
     expert_dir = store.require("diffusers", expert_key, "the expert diffuser")
-    shards_key, reward_key = extraction_keys(base_key, expert_key, pregen, reward, seed, data)
+    shards_key, reward_key = extraction_keys(base_key, expert_key, pregen, reward, seed)
     seconds, start = {}, time.perf_counter()
     if not store.is_done("rewards", reward_key):  # a finished reward needs its triples no more
         make_triples(paths, shards_key, base_dir, expert_dir, windows, pregen, resources, seed)

@@ -191,8 +191,8 @@ KIND = "reward_net"
 
 def alignment_terms(net, batch: dict, device, create_graph: bool, mask: torch.Tensor | None = None):
     """(loss, grad rho, target) for a batch of triples: the relative-reward objective, grad rho(x_next, t) matched
-    to x_expert - x_base (docs/method.md), over the entries `mask` (sample-shaped bool) keeps. Ray-free, so
-    benchmarks/model_rates.py can time it anywhere.
+    to x_expert - x_base (docs/method.md), over the entries `mask` (sample-shaped bool, from `loss_mask`) keeps;
+    None: every entry the reward sees. Ray-free, so benchmarks/model_rates.py can time it anywhere.
 
     Left out: the columns a reward does not see (rho is constant along them) and entries fixed by
     inpainting (the start state), whose target is 0 by construction and would pull grad rho to 0 there.
@@ -201,7 +201,7 @@ def alignment_terms(net, batch: dict, device, create_graph: bool, mask: torch.Te
     t = batch["t"].to(device).long()
     target = (batch["x_expert"] - batch["x_base"]).to(device)
     grad = reward_gradient(net, x, t, create_graph=create_graph)
-    keep = loss_mask(tuple(x.shape[1:]), getattr(net, "input_dims", None), mask, device)
+    keep = loss_mask(tuple(x.shape[1:]), getattr(net, "input_dims", None), None, device) if mask is None else mask
     grad, target = grad[:, keep], target[:, keep]
     return F.mse_loss(grad, target), grad, target
 

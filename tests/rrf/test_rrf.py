@@ -337,17 +337,18 @@ def test_validation_shards_hold_no_window_of_a_training_episode(tmp_path, algori
 def test_conditioned_entries_contribute_no_loss(tmp_path):
     """The inpainted start state (target 0 by construction) is left out of the alignment loss: changing its
     target changes neither the loss nor the gradient of any weight; the manifest of conditioned triples says so."""
-    from rrf_ray.rrf.reward_nets import alignment_terms
+    from rrf_ray.rrf.reward_nets import alignment_terms, loss_mask
 
     manifest = pregenerate(AnalyticModel(H, 3, action_dim=1), AnalyticModel(H, 3, action_dim=1), tmp_path,
                            PregenSpec(chains_per_kind=4, chains_per_shard=4, val_fraction=0.0), seed=0,
                            train=WindowDraw(np.zeros((4, H, 3), np.float32), np.ones(4, np.int8), np.arange(4)),
                            progress=False, in_process=True)
-    mask = torch.as_tensor(manifest.loss_mask())
-    assert mask.shape == (H, 3) and not mask[0, 1:].any() and mask[0, 0] and mask[1:].all()
+    conditioned = torch.as_tensor(manifest.loss_mask())
+    assert conditioned.shape == (H, 3) and not conditioned[0, 1:].any() and conditioned[0, 0] and conditioned[1:].all()
 
     torch.manual_seed(0)
     net = build_reward_net(RewardSpec(model_horizon=1, hidden=[16]), H, 3)
+    mask = loss_mask((H, 3), None, conditioned, "cpu")  # as the trainer makes it, once per run
     x = torch.randn(6, H, 3)
     batch = {"x_next": x, "x_base": torch.zeros_like(x), "x_expert": torch.randn(6, H, 3),
              "t": torch.zeros(6, dtype=torch.long)}
