@@ -284,13 +284,9 @@ def learned_relative_reward(spec: IRLExperimentSpec, paths: SweepPaths, seed: in
         expert_windows("all"), spec.rrf.expert.diffusion(spec.diffusion), spec.resources, paths.train,
         f"irl-rrf-expert-{ekey}", seed=seed, init_from=base_dir if spec.rrf.expert.init == "base" else None,
         callbacks=tune_report_callbacks()), d))
-    loaded = {}
 
-    def windows(role: str, split: str):
-        if (role, split) not in loaded:
-            loaded[role, split] = (base_windows(spec, paths, split, diffuser.normalizer) if role == "base"
-                                   else expert_windows(split))
-        return loaded[role, split]
+    def windows(role: str, split: str):  # the extraction reads each (role, split) once
+        return base_windows(spec, paths, split, diffuser.normalizer) if role == "base" else expert_windows(split)
 
     extraction = extract_reward(paths, base_key(spec), ekey, windows, spec.rrf.pregen, spec.rrf.reward,
                                 spec.resources, seed, "irl-rrf-reward", callbacks=tune_report_callbacks())
