@@ -1,11 +1,11 @@
-"""Locomotion report: Table 1 of the paper (unsteered, discriminator, relative reward) and score vs omega.
+"""Locomotion report: the protocol card, Table 1 of the paper from report rollouts, paired differences.
 
-Rebuilt from the sweep directory's files alone (trials.json and trials/*/result.json), so it
-can be made while a sweep runs or after it died; missing and failed grid trials are listed.
-Scores of a setting (environment, method, omega, t_stopgrad) pool every episode of every
-seed: mean ± standard error over episodes. A steered method's row is its best setting by
-mean score (as the paper chose its omega and t_stopgrad; this is selection on the same
-rollouts, so it is optimistic).
+Rebuilt from the sweep directory's files alone (spec.json, trials.json, trials/*/result.json), so it
+can be made while a sweep runs or after it died; missing and failed trials are listed. Each steered
+method's (omega, t_stopgrad) is chosen per environment and model seed on the selection rollouts
+(locomotion.selection); Table 1 holds only the report rollouts: fresh seeds, the chosen setting and
+the unsteered planner, which share their environment and noise seeds, so the difference of a steered
+method to unsteered is paired episode by episode.
 
 Usage: python -m rrf_ray.locomotion.report SWEEP_DIR   (report.md, results.csv, figures/score_vs_omega.png)
 """
@@ -17,42 +17,25 @@ import csv
 import io
 import json
 import sys
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from rrf_ray.engine.atomic import write_atomic
-from rrf_ray.metrics.intervals import standard_error
+from rrf_ray.locomotion.selection import REPORT, SELECTION, Setting, chosen_settings, pooled_settings
+from rrf_ray.metrics.aggregate import Estimate, iqm, mean_interval, paired_difference, probability_of_improvement
 
 # SPEC section 5: the paper's Table 1 (unsteered, discriminator, relative reward).
 PAPER_TABLE1 = {"halfcheetah": (30.38, 30.41, 31.65), "hopper": (24.67, 25.12, 27.04),
                 "walker2d": (28.20, 27.98, 38.40)}
+PAPER_ROLLOUTS, PAPER_T = 512, 20
 METHOD_NAMES = {"unsteered": "Unsteered", "discriminator": "Discriminator", "rrf": "Relative reward (ours)"}
-CSV_FIELDS = ["trial_id", "env", "method", "omega", "t_stopgrad", "seeds", "status", "score", "score_se",
-              "return_mean", "length_mean", "n_episodes", "rollout_s", "error"]
-
-
-@dataclass
-class Setting:
-    env: str
-    method: str
-    omega: float
-    t_stopgrad: int
-    scores: np.ndarray  # every episode of every seed
-
-    @property
-    def mean(self) -> float:
-        return float(self.scores.mean())
-
-    @property
-    def se(self) -> float:
-        return standard_error(self.scores)
+CSV_FIELDS = ["trial_id", "phase", "env", "method", "model_seed", "omega", "t_stopgrad", "seeds", "status", "score",
+              "score_se", "return_mean", "length_mean", "n_episodes", "rollout_s", "error"]
 
 
 def load_results(sweep_dir) -> tuple[list[dict], list[dict]]:
-    """(every result.json found, expected grid trials without an ok result, marked missing or failed)."""
+    """(every result.json found, expected trials without an ok result, marked missing or failed)."""
     sweep_dir = Path(sweep_dir)
     results = []
     for path in sorted((sweep_dir / "trials").glob("*/result.json")):
@@ -68,102 +51,205 @@ def load_results(sweep_dir) -> tuple[list[dict], list[dict]]:
     return results, missing + failed
 
 
-def settings(results: list[dict]) -> dict[tuple, Setting]:
-    """(env, method, omega, t_stopgrad) -> pooled episode scores of its ok trials."""
-    pooled = defaultdict(list)
+def report_episodes(results: list[dict]) -> dict[tuple, np.ndarray]:
+    """(env, method, model_seed, report seed) -> that report trial's episode scores (the chosen setting's)."""
+    chosen = chosen_settings(results)
+    out = {}
     for r in results:
-        if r.get("status") == "ok":
-            key = (r["env"], r["method"], float(r["omega"]), int(r["t_stopgrad"]))
-            pooled[key].extend(r["metrics"]["scores"])
-    return {k: Setting(*k, np.asarray(v, dtype=np.float64)) for k, v in pooled.items()}
+        if r.get("status") != "ok" or r.get("phase") != REPORT:
+            continue
+        key = (r["env"], r["method"], int(r["model_seed"]))
+        if r["method"] != "unsteered":
+            c = chosen.get(key)
+            if c is None or (c.omega, c.t_stopgrad) != (float(r["omega"]), int(r["t_stopgrad"])):
+                continue  # a report trial of a setting that is no longer the chosen one
+        out[(*key, int(r["seeds"][0]))] = np.asarray(r["metrics"]["scores"], dtype=np.float64)
+    return out
 
 
-def best_settings(table: dict[tuple, Setting]) -> dict[tuple[str, str], Setting]:
-    best = {}
-    for s in table.values():
-        cur = best.get((s.env, s.method))
-        if cur is None or s.mean > cur.mean:
-            best[(s.env, s.method)] = s
-    return best
+def method_scores(episodes: dict, env: str, method: str, model_seeds=None) -> np.ndarray:
+    keys = sorted(k for k in episodes if k[0] == env and k[1] == method and (model_seeds is None or k[2] in model_seeds))
+    return np.concatenate([episodes[k] for k in keys]) if keys else np.zeros(0)
 
 
-def _cell(s: Setting | None, with_setting: bool) -> str:
-    if s is None:
-        return "—"
-    text = f"{s.mean:.2f} ± {s.se:.2f}"
-    return text + (f" (ω {s.omega:g}, t_stop {s.t_stopgrad})" if with_setting else "")
+def paired(episodes: dict, env: str, method: str, model_seeds) -> tuple[np.ndarray, np.ndarray]:
+    """Steered and unsteered episode scores on the report seeds both have, pair by pair."""
+    a, b = [], []
+    for (e, m, ms, seed), scores in sorted(episodes.items()):
+        if e == env and m == method and ms in model_seeds:
+            other = episodes.get((env, "unsteered", ms, seed))
+            if other is not None and len(other) == len(scores):
+                a.append(scores)
+                b.append(other)
+    return (np.concatenate(a), np.concatenate(b)) if a else (np.zeros(0), np.zeros(0))
 
 
-def env_key(results: list[dict], env: str) -> str:
-    return env.split("-")[0].lower()
+def _estimate_cell(e: Estimate, n_bad: int = 0) -> str:
+    text = e.format() if e.n else "—"
+    return text + (f" ({n_bad} non-finite)" if n_bad else "")
 
 
 def _data_cell(scores: dict | None) -> str:
     return "—" if not scores else f"{scores['score']:.2f} ± {scores['score_se']:.2f}"
 
 
-def markdown(results: list[dict], problems: list[dict], sweep_name: str, data: dict | None = None) -> str:
+def _spec(sweep_dir: Path):
+    from rrf_ray.locomotion.spec import LocomotionSweepSpec
+
+    try:
+        return LocomotionSweepSpec.model_validate_json((sweep_dir / "spec.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def protocol_card(spec) -> list[str]:
+    """What was chosen on what, seeds, rollouts, normalisation, re-planning, and what differs from the paper."""
+    if spec is None:
+        return ["## Protocol", "", "spec.json is missing or from an older rrf_ray: the protocol cannot be stated.", ""]
+    s, r = spec.search, spec.rollout
+    search = (f"every ω in {s.omegas} × t_stopgrad in {s.t_stopgrads}" if s.search == "grid" else
+              f"{s.optuna_samples} Optuna samples of ω in [{min(s.omegas)}, {max(s.omegas)}] × t_stopgrad in "
+              f"{s.t_stopgrads}")
+    envs = ", ".join(e.env_id for e in spec.environments.values())
+    differs = [f"gymnasium {envs} (MuJoCo v5) and local Minari datasets instead of D4RL v2",
+               f"{r.n_envs * len(s.report_seeds)} report rollouts per method and model seed (paper: {PAPER_ROLLOUTS})",
+               f"T = {spec.diffusion.n_timesteps} denoising steps (paper: {PAPER_T})",
+               "the paper chose ω and t_stopgrad on the rollouts it reported; here they are chosen on separate "
+               "selection rollouts"]
+    return ["## Protocol", "",
+            f"- **Selected on selection rollouts:** each steered method's setting, {search} ({s.search}), chosen "
+            f"per environment and model seed by the mean D4RL score of {r.n_envs} rollouts × selection seeds "
+            f"{s.selection_seeds}; ties go to the smaller ω. Nothing else is tuned on rollouts.",
+            f"- **Reported on fresh rollouts:** Table 1 holds only report seeds {s.report_seeds} "
+            f"({r.n_envs} rollouts each) of the chosen setting and of the unsteered planner. Rollout seed s resets "
+            "environment i with seed 10000·s + i and draws the planner's noise from seed 1000003·s + step, so "
+            "steered and unsteered report rollouts share starts and noise and differ pairwise only by the guidance.",
+            f"- **Seeds:** model seeds {spec.seeds}; each trains its own base and expert diffusers, relative reward "
+            "and discriminator and chooses its own setting. The datasets are the same for every model seed.",
+            f"- **Rollouts:** receding horizon: plan H = {', '.join(str(spec.horizon(e)) for e in spec.environments)} "
+            f"steps, execute the first action, re-plan every step; at most {r.max_steps} steps.",
+            "- **Normalisation:** D4RL score 100 (R − R_min) / (R_max − R_min) with D4RL's reference returns.",
+            "- **Intervals:** 95% bootstrap (BCa) over report episodes for a mean and for a paired difference; "
+            "across model seeds, rliable's interquartile mean with a stratified-bootstrap interval and the "
+            "probability of improvement (with two or more model seeds).",
+            "- **Differs from the paper:** " + "; ".join(differs) + ".", ""]
+
+
+def markdown(results: list[dict], problems: list[dict], sweep_name: str, data: dict | None = None,
+             spec=None) -> str:
     """`data`: the base and expert data's own scores per environment (data_scores.json), if known."""
-    table = settings(results)
-    best = best_settings(table)
+    episodes = report_episodes(results)
+    chosen = chosen_settings(results)
+    selection = pooled_settings(results, SELECTION)
     data = data or {}
-    envs = sorted({s.env for s in table.values()})
+    envs = sorted({k[0] for k in episodes} | {s.env for s in selection.values()})
+    model_seeds = sorted({k[2] for k in episodes} | {s.model_seed for s in selection.values()})
     steps = sorted({r["steps"] for d in data.values() for r in d.values()})
-    lines = [f"# Locomotion steering: {sweep_name}", "",
-             "D4RL-normalised score, mean ± standard error over every rollout of every seed; a steered "
-             "method's entry is its best (ω, t_stopgrad) by mean score. The data columns score the episodes "
-             "the base and the expert were trained on the same way"
-             + (f", over their first {', '.join(map(str, steps))} steps (the rollouts' length)" if steps else "")
-             + ": where the planner sits between them.", "",
-             "| Environment | Base data | Unsteered | Discriminator | Relative reward (ours) | "
-             "best ω / t_stopgrad (ours) | Expert data | Paper (unsteered / discriminator / RRF) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"# Locomotion steering: {sweep_name}", ""] + protocol_card(spec)
+    lines += ["## Table 1 (report rollouts)", "",
+              "D4RL-normalised score, mean [95% bootstrap interval] over every report rollout of every model seed, "
+              "each steered method at its setting chosen on the selection rollouts (below). The data columns score "
+              "the episodes the base and the expert were trained on (mean ± standard error)"
+              + (f", over their first {', '.join(map(str, steps))} steps (the rollouts' length)" if steps else "")
+              + ".", "",
+              "| Environment | Base data | Unsteered | Discriminator | Relative reward (ours) | Expert data | "
+              "Paper (unsteered / discriminator / RRF) |", "|---|---|---|---|---|---|---|"]
     for env in envs:
-        u, d, r = (best.get((env, m)) for m in ("unsteered", "discriminator", "rrf"))
-        paper = PAPER_TABLE1.get(env_key(results, env))
+        cells = []
+        for method in ("unsteered", "discriminator", "rrf"):
+            x = method_scores(episodes, env, method)
+            cells.append(_estimate_cell(mean_interval(x[np.isfinite(x)]), int((~np.isfinite(x)).sum())) if len(x)
+                         else "—")
+        paper = PAPER_TABLE1.get(env.split("-")[0].lower())
         scores = data.get(env, {})
-        lines.append(f"| {env} | {_data_cell(scores.get('base'))} | {_cell(u, False)} | {_cell(d, True)} | "
-                     f"{_cell(r, False)} | {'—' if r is None else f'{r.omega:g} / {r.t_stopgrad}'} | "
+        lines.append(f"| {env} | {_data_cell(scores.get('base'))} | {' | '.join(cells)} | "
                      f"{_data_cell(scores.get('expert'))} | "
                      f"{'—' if paper is None else ' / '.join(f'{v:.2f}' for v in paper)} |")
-    lines += ["", "## Every setting", "", "| env | method | ω | t_stopgrad | score | episodes |", "|---|---|---|---|---|---|"]
-    for s in sorted(table.values(), key=lambda s: (s.env, s.method, s.omega, s.t_stopgrad)):
-        lines.append(f"| {s.env} | {s.method} | {s.omega:g} | {s.t_stopgrad} | {s.mean:.2f} ± {s.se:.2f} | "
-                     f"{len(s.scores)} |")
+    lines += ["", "## Steered against unsteered (paired, report rollouts)", "",
+              "Δ = steered − unsteered score of the same report rollout (same start, same noise), mean [95% "
+              "bootstrap interval]; a gain is established only where the interval excludes 0.", "",
+              "| env | method | model seed | chosen ω / t_stopgrad | selection score | report score | "
+              "Δ vs unsteered | interval excludes 0 |", "|---|---|---|---|---|---|---|---|"]
+    for env in envs:
+        for method in ("discriminator", "rrf"):
+            groups = [([m], str(m)) for m in model_seeds] + ([(model_seeds, "all")] if len(model_seeds) > 1 else [])
+            for seeds, label in groups:
+                picks = [chosen.get((env, method, m)) for m in seeds]
+                if all(p is None for p in picks):
+                    continue
+                a, b = paired(episodes, env, method, seeds)
+                d = paired_difference(a, b)
+                setting = "; ".join("—" if p is None else f"{p.omega:g} / {p.t_stopgrad}" for p in picks)
+                sel = "; ".join("—" if p is None else f"{p.mean:.2f} ± {p.se:.2f}" for p in picks)
+                report = mean_interval(method_scores(episodes, env, method, seeds))
+                lines.append(f"| {env} | {method} | {label} | {setting} | {sel} | {_estimate_cell(report)} | "
+                             f"{_estimate_cell(d)} | {'yes' if d.excludes_zero else 'no'} |")
+    if len(model_seeds) > 1:
+        lines += ["", "## Across model seeds (rliable)", "",
+                  "Per model seed, the mean report score; across seeds, the interquartile mean [95% stratified "
+                  "bootstrap interval] and the probability that the method's seed beats the unsteered planner's.", "",
+                  "| env | method | per model seed | IQM | P(method > unsteered) |", "|---|---|---|---|---|"]
+        for env in envs:
+            per_seed = {method: np.array([method_scores(episodes, env, method, [m]).mean()
+                                          for m in model_seeds if len(method_scores(episodes, env, method, [m]))])
+                        for method in ("unsteered", "discriminator", "rrf")}
+            agg = iqm({m: v for m, v in per_seed.items() if len(v)})
+            for method, v in per_seed.items():
+                if not len(v):
+                    continue
+                poi = ("—" if method == "unsteered" else
+                       probability_of_improvement(v, per_seed["unsteered"]).format())
+                lines.append(f"| {env} | {method} | {', '.join(f'{x:.2f}' for x in v)} | {agg[method].format()} | "
+                             f"{poi} |")
+    lines += ["", "## Every selection setting", "", "Mean ± standard error over the selection rollouts; "
+              "**bold**: the chosen setting.", "",
+              "| env | method | model seed | ω | t_stopgrad | selection score | episodes |", "|---|---|---|---|---|---|---|"]
+    for s in sorted(selection.values(), key=lambda s: (s.env, s.method, s.model_seed, s.omega, s.t_stopgrad)):
+        c = chosen.get(s.key)
+        bold = "**" if c is not None and (c.omega, c.t_stopgrad) == (s.omega, s.t_stopgrad) else ""
+        lines.append(f"| {s.env} | {s.method} | {s.model_seed} | {bold}{s.omega:g}{bold} | {s.t_stopgrad} | "
+                     f"{bold}{s.mean:.2f} ± {s.se:.2f}{bold} | {len(s.scores)} |")
     if problems:
         lines += ["", f"## Trials without a result ({len(problems)})", ""]
         lines += [f"- {p['trial_id']}: {p.get('status')}" + (f" — {p['error']}" if p.get("error") else "")
                   for p in problems]
-    lines += ["", "Figure: figures/score_vs_omega.png (score against ω at each ω's best t_stopgrad; "
-              "the dashed line is the unsteered score)."]
+    lines += ["", "Figure: figures/score_vs_omega.png (selection score against ω at each ω's best t_stopgrad; "
+              "the dashed line is the unsteered report score)."]
     return "\n".join(lines) + "\n"
 
 
 def plot_score_vs_omega(results: list[dict], path) -> Path:
-    """One panel per environment: each steered method's score against ω (best t_stopgrad per ω)."""
+    """One panel per environment: each steered method's selection score against ω (best t_stopgrad per ω,
+    model seeds pooled) and the unsteered planner's report score."""
     from matplotlib.figure import Figure
 
     from rrf_ray.engine.report import save_figure_atomic
 
-    table = settings(results)
-    envs = sorted({s.env for s in table.values()}) or ["(no results)"]
+    table = pooled_settings(results, SELECTION)
+    episodes = report_episodes(results)
+    envs = sorted({s.env for s in table.values()} | {k[0] for k in episodes}) or ["(no results)"]
     fig = Figure(figsize=(4.2 * len(envs), 3.4))
     for i, env in enumerate(envs):
         ax = fig.add_subplot(1, len(envs), i + 1)
         for method, colour in (("discriminator", "tab:orange"), ("rrf", "tab:blue")):
-            per_omega = {}
+            by_setting: dict[tuple, list] = {}
             for s in table.values():
                 if s.env == env and s.method == method:
-                    if s.omega not in per_omega or s.mean > per_omega[s.omega].mean:
-                        per_omega[s.omega] = s
+                    by_setting.setdefault((s.omega, s.t_stopgrad), []).append(s.scores)
+            per_omega: dict[float, Setting] = {}
+            for (w, t), parts in by_setting.items():
+                s = Setting(env, method, -1, w, t, np.concatenate(parts))
+                if w not in per_omega or s.mean > per_omega[w].mean:
+                    per_omega[w] = s
             if per_omega:
                 omegas = sorted(per_omega)
                 ax.errorbar(omegas, [per_omega[w].mean for w in omegas], yerr=[per_omega[w].se for w in omegas],
-                            marker="o", capsize=3, color=colour, label=METHOD_NAMES[method])
-        base = [s for s in table.values() if s.env == env and s.method == "unsteered"]
-        if base:
-            ax.axhline(base[0].mean, color="grey", linestyle="--", label=METHOD_NAMES["unsteered"])
+                            marker="o", capsize=3, color=colour, label=METHOD_NAMES[method] + " (selection)")
+        base = method_scores(episodes, env, "unsteered")
+        if len(base):
+            ax.axhline(float(base.mean()), color="grey", linestyle="--", label=METHOD_NAMES["unsteered"] + " (report)")
         ax.set_title(env)
+        ax.set_xscale("symlog", linthresh=min([s.omega for s in table.values()] or [1.0]))
         ax.set_xlabel("guidance scale ω")
         ax.set_ylabel("D4RL-normalised score")
         if ax.get_legend_handles_labels()[0]:
@@ -188,7 +274,7 @@ def write_locomotion_report(sweep_dir) -> Path:
     results, problems = load_results(sweep_dir)
     scores_file = sweep_dir / "data_scores.json"
     data = json.loads(scores_file.read_text()) if scores_file.exists() else None
-    write_atomic(sweep_dir / "report.md", markdown(results, problems, sweep_dir.name, data))
+    write_atomic(sweep_dir / "report.md", markdown(results, problems, sweep_dir.name, data, _spec(sweep_dir)))
     write_atomic(sweep_dir / "results.csv", write_csv(results, problems))
     plot_score_vs_omega(results, sweep_dir / "figures" / "score_vs_omega.png")
     return sweep_dir / "report.md"

@@ -68,15 +68,25 @@ class DiscriminatorSpec(Strict):
 
 
 class SearchSpec(Strict):
-    """Guidance-scale search: omega x t_stopgrad x seeds, on Tune."""
+    """Guidance-scale search: omega x t_stopgrad chosen on selection rollouts, reported on fresh ones.
+
+    Every steered method's setting is chosen per environment and model seed by its mean score over
+    the selection seeds' rollouts; the chosen setting (and the unsteered planner) is then rolled out
+    again on the report seeds, which share nothing with the selection seeds, and only those report
+    rollouts enter Table 1 (docs/method.md, "Protocol")."""
 
     search: Literal["grid", "optuna"] = Field(
-        "grid", description="grid: every (omega, t_stopgrad, seed); optuna: Optuna samples (omega, t_stopgrad) "
-        "per environment and method, each trial rolling out every seed (pip install -e '.[optuna]')")
-    omegas: list[float] = Field(default_factory=lambda: [0.0, 0.001, 0.01, 0.1, 0.2, 0.3, 0.4, 0.5], min_length=1)
+        "grid", description="grid: every (omega, t_stopgrad) on the selection seeds; optuna: Optuna samples "
+        "(omega, t_stopgrad) per environment, method and model seed (pip install -e '.[optuna]')")
+    omegas: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 0.2, 0.3, 0.4, 0.5], min_length=1,
+                                description="guidance scales searched (> 0: the unsteered planner is its own row)")
     t_stopgrads: list[int] = Field(default_factory=lambda: [0, 1, 2, 5, 8, 10], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
-    optuna_samples: int = Field(20, gt=0, description="optuna: trials per environment and method")
+    selection_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1,
+                                       description="rollout seeds the settings are chosen on")
+    report_seeds: list[int] = Field(default_factory=lambda: [100, 101, 102, 103], min_length=1,
+                                    description="fresh rollout seeds of the chosen settings and the unsteered "
+                                    "planner: the only rollouts Table 1 reports")
+    optuna_samples: int = Field(20, gt=0, description="optuna: trials per environment, method and model seed")
     methods: list[Literal["unsteered", "discriminator", "rrf"]] = Field(default_factory=lambda: list(METHODS),
                                                                          min_length=1)
     n_guide_steps: int = Field(2, ge=1)
@@ -85,11 +95,28 @@ class SearchSpec(Strict):
         "janner", description="janner: x moves by omega * (variance x) grad rho before each step; mean_shift: the "
         "step's mean moves once by omega * grad rho at x_t (the shift the reward was trained to match)")
 
+    @field_validator("omegas")
+    @classmethod
+    def _positive(cls, omegas: list[float]) -> list[float]:
+        if any(not w > 0 for w in omegas):
+            raise ValueError(f"must be > 0, got {omegas}: omega 0 is the unsteered planner, which is its own row "
+                             "(method unsteered); in a steered grid it would let 'steered' never score below "
+                             "unsteered by construction")
+        return omegas
+
     @model_validator(mode="after")
-    def _non_negative(self) -> "SearchSpec":
+    def _valid(self) -> "SearchSpec":
         if any(t < 0 for t in self.t_stopgrads):
             raise ValueError("t_stopgrads must be >= 0")
+        shared = sorted(set(self.selection_seeds) & set(self.report_seeds))
+        if shared:
+            raise ValueError(f"selection_seeds and report_seeds share {shared}: the reported rollouts must be "
+                             "fresh, never the ones a setting was chosen on")
         return self
+
+    @property
+    def steered_methods(self) -> list[str]:
+        return [m for m in self.methods if m != "unsteered"]
 
 
 class RolloutSpec(Strict):
@@ -110,8 +137,8 @@ class LocomotionSweepSpec(Strict):
                                                         "(default: MINARI_DATASETS_PATH, else ~/.minari/datasets)")
     environments: dict[str, EnvironmentSpec] = Field(..., min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
-                             description="seed of the diffusers, reward and discriminator: exactly one for now "
-                             "(Maze2D's and the image experiment's name; rollout seeds are search.seeds)")
+                             description="model seeds: each trains its own diffusers, reward and discriminator and "
+                             "chooses its own settings (the data is shared; rollout seeds are search.*_seeds)")
     windows: WindowSpec = Field(default_factory=lambda: WindowSpec(horizon=32, stride=1, pad_end=True))
     diffusion: DiffusionSpec = Field(default_factory=lambda: DiffusionSpec(
         n_timesteps=20, prediction="sample", clip_denoised=False, batch_size=32, train_steps=1_000_000,
@@ -128,18 +155,10 @@ class LocomotionSweepSpec(Strict):
 
     @field_validator("seeds")
     @classmethod
-    def _one_seed(cls, seeds: list[int]) -> list[int]:
-        """The stages train one set of models per environment; a seed grid over them is not built yet."""
-        if len(seeds) != 1:
-            raise ValueError(f"exactly one model seed is supported, got {seeds}: the locomotion stages train "
-                             "one set of models (diffusers, reward, discriminator) per environment, several model "
-                             "seeds are not supported yet (rollout seeds are search.seeds)")
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat: {seeds}")
         return seeds
-
-    @property
-    def seed(self) -> int:
-        """The one model seed (`seeds[0]`)."""
-        return self.seeds[0]
 
     @model_validator(mode="after")
     def _consistent(self) -> "LocomotionSweepSpec":

@@ -3,13 +3,17 @@
 Stages, each idempotent (content-addressed artifacts under the sweep directory, as in Maze2D):
   1. datasets: every environment's base and expert Minari dataset is checked before any
      work (a missing one fails, naming the ids and how to provide them) and fingerprinted;
-  2. models: a Tune grid over environment x {base, expert, discriminator} of Ray Train runs;
-  3. rewards: per environment, training triples (Algorithm 1 on mixed windows by default,
-     or Algorithm 2) as Parquet shards, then the value-U-Net reward through Ray Data;
-  4. rollouts: a Tune grid over environment x method x omega x t_stopgrad x seed (or an
-     Optuna search per environment and method); each trial runs vectorised receding-horizon
-     rollouts and reports the D4RL-normalised score;
-  5. the report (Table 1 and score against omega).
+  2. models: a Tune grid over environment x {base, expert, discriminator} x model seed of Ray
+     Train runs;
+  3. rewards: per environment and model seed, training triples (Algorithm 1 on mixed windows by
+     default, or Algorithm 2) as Parquet shards, then the value-U-Net reward through Ray Data;
+  4. selection rollouts: a Tune grid over environment x steered method x omega x t_stopgrad x
+     model seed x selection seed (or an Optuna search per environment, method and model seed);
+     each trial runs vectorised receding-horizon rollouts and records their D4RL-normalised scores;
+  5. report rollouts: per environment and model seed, the unsteered planner and each steered
+     method's chosen setting (locomotion.selection) on the report seeds, fresh rollouts that
+     share their environment and noise seeds across methods (so differences are paired);
+  6. the report (protocol card, Table 1 from the report rollouts, paired differences, seeds).
 `--resume` restores each stage's Tuner and reuses finished artifacts and trial results.
 """
 
@@ -26,10 +30,12 @@ from rrf_ray.engine.artifacts import artifact_key
 from rrf_ray.engine.stages import (Search, SweepPaths, copy_checkpoint, raise_if_any_failed, recorded_trial,
                                    run_stage, tune_report_callbacks, write_sweep_files)
 from rrf_ray.engine.storage import SweepStorage
+from rrf_ray.locomotion.selection import REPORT, SELECTION
 from rrf_ray.locomotion.spec import LocomotionSweepSpec
 from rrf_ray.rrf.extract import extraction_keys
 
-STAGE_MODELS, STAGE_REWARDS, STAGE_ROLLOUTS = "stage2-models", "stage3-rewards", "stage4-rollouts"
+STAGE_MODELS, STAGE_REWARDS = "stage2-models", "stage3-rewards"
+STAGE_SELECTION, STAGE_REPORT = "stage4-selection-rollouts", "stage5-report-rollouts"
 DATASETS_FILE = "datasets.json"
 DATA_SCORES_FILE = "data_scores.json"  # the base and expert data's own scores, for Table 1
 ROLLOUT_METRICS = ["score", "score_se", "return_mean", "length_mean"]
@@ -37,30 +43,45 @@ ROLLOUT_METRICS = ["score", "score_se", "return_mean", "length_mean"]
 
 # -- the trial table --------------------------------------------------------------------
 
-def trial_id(env: str, method: str, omega: float | None, t_stopgrad: int | None, seed: int | None) -> str:
+def trial_id(env: str, method: str, omega: float | None, t_stopgrad: int | None, model_seed: int, phase: str,
+             seed: int | None) -> str:
     parts = [env, method]
     if method != "unsteered":
         parts += [f"w{omega:g}", f"ts{t_stopgrad}"]
-    parts.append("seeds" if seed is None else f"seed{seed}")
+    parts += [f"model{model_seed}", phase + ("-seeds" if seed is None else str(seed))]
     return "-".join(parts)
 
 
-def trial_table(spec: LocomotionSweepSpec) -> list[dict]:
-    """The grid's rollout trials; with Optuna, only the unsteered ones are known in advance."""
+def _row(env: str, method: str, omega: float, t: int, model_seed: int, phase: str, seed: int) -> dict:
+    return {"trial_id": trial_id(env, method, omega, t, model_seed, phase, seed), "env": env, "method": method,
+            "omega": float(omega), "t_stopgrad": int(t), "model_seed": int(model_seed), "phase": phase,
+            "seeds": [int(seed)]}
+
+
+def selection_table(spec: LocomotionSweepSpec) -> list[dict]:
+    """The selection grid's trials (none with Optuna, which samples its own)."""
     s = spec.search
+    if s.search != "grid":
+        return []
+    return [_row(env, method, w, t, m, SELECTION, seed) for env in spec.environments for method in s.steered_methods
+            for w in s.omegas for t in s.t_stopgrads for m in spec.seeds for seed in s.selection_seeds]
+
+
+def report_table(spec: LocomotionSweepSpec, chosen: dict) -> list[dict]:
+    """The report trials: unsteered, and each steered method at its chosen setting (`chosen`:
+    locomotion.selection.chosen_settings), per environment and model seed, on every report seed.
+    A steered method without a chosen setting (every selection trial failed) gets no report trial."""
     rows = []
     for env in spec.environments:
-        for method in s.methods:
-            if method == "unsteered":
-                settings = [(0.0, 0)]
-            elif s.search == "grid":
-                settings = [(w, t) for w in s.omegas for t in s.t_stopgrads]
-            else:
-                continue
-            for omega, t in settings:
-                for seed in s.seeds:
-                    rows.append({"trial_id": trial_id(env, method, omega, t, seed), "env": env, "method": method,
-                                 "omega": float(omega), "t_stopgrad": int(t), "seeds": [seed]})
+        for m in spec.seeds:
+            for method in spec.search.methods:
+                if method == "unsteered":
+                    setting = (0.0, 0)
+                elif (env, method, m) in chosen:
+                    setting = (chosen[env, method, m].omega, chosen[env, method, m].t_stopgrad)
+                else:
+                    continue
+                rows += [_row(env, method, *setting, m, REPORT, seed) for seed in spec.search.report_seeds]
     return rows
 
 
@@ -79,34 +100,35 @@ def data_part(spec: LocomotionSweepSpec, env: str, fingerprints: dict) -> dict:
             "windows": spec.windows_of(env).model_dump(mode="json")}
 
 
-def model_key(spec: LocomotionSweepSpec, env: str, model: str, fingerprints: dict) -> str:
+def model_key(spec: LocomotionSweepSpec, env: str, model: str, fingerprints: dict, seed: int) -> str:
     if model == "discriminator":
         return artifact_key("loco-discriminator", data_part(spec, env, fingerprints), spec.reward_of(env),
-                            spec.discriminator, spec.diffusion.n_timesteps, spec.seed)
-    return artifact_key(f"loco-{model}", data_part(spec, env, fingerprints), spec.diffusion_of(env), spec.seed)
+                            spec.discriminator, spec.diffusion.n_timesteps, seed)
+    return artifact_key(f"loco-{model}", data_part(spec, env, fingerprints), spec.diffusion_of(env), seed)
 
 
 def model_kind(model: str) -> str:
     return "discriminators" if model == "discriminator" else "diffusers"
 
 
-def reward_key(spec: LocomotionSweepSpec, env: str, fingerprints: dict) -> str:
-    return extraction_keys(model_key(spec, env, "base", fingerprints), model_key(spec, env, "expert", fingerprints),
-                           spec.pregen, spec.reward_of(env), spec.seed)[1]
+def reward_key(spec: LocomotionSweepSpec, env: str, fingerprints: dict, seed: int) -> str:
+    return extraction_keys(model_key(spec, env, "base", fingerprints, seed),
+                           model_key(spec, env, "expert", fingerprints, seed), spec.pregen, spec.reward_of(env),
+                           seed)[1]
 
 
-def guide_key(spec: LocomotionSweepSpec, env: str, method: str, fingerprints: dict) -> str | None:
+def guide_key(spec: LocomotionSweepSpec, env: str, method: str, fingerprints: dict, seed: int) -> str | None:
     if method == "rrf":
-        return reward_key(spec, env, fingerprints)
+        return reward_key(spec, env, fingerprints, seed)
     if method == "discriminator":
-        return model_key(spec, env, "discriminator", fingerprints)
+        return model_key(spec, env, "discriminator", fingerprints, seed)
     return None
 
 
 def rollout_key(spec: LocomotionSweepSpec, row: dict, fingerprints: dict) -> str:
-    env = row["env"]
-    return artifact_key("loco-rollout", model_key(spec, env, "base", fingerprints),
-                        guide_key(spec, env, row["method"], fingerprints), row["omega"], row["t_stopgrad"],
+    env, m = row["env"], row["model_seed"]
+    return artifact_key("loco-rollout", model_key(spec, env, "base", fingerprints, m),
+                        guide_key(spec, env, row["method"], fingerprints, m), row["omega"], row["t_stopgrad"],
                         row["seeds"], spec.search.n_guide_steps, spec.search.scale_grad_by_std,
                         None if spec.search.guidance_form == "janner" else spec.search.guidance_form,
                         spec.rollout.model_dump(mode="json", exclude={"threads", "gpus"}),
@@ -133,9 +155,9 @@ def train_model(config: dict, spec: LocomotionSweepSpec, storage: SweepStorage) 
     from rrf_ray.locomotion.datasets import env_windows, fit_normalizer
 
     paths = SweepPaths(storage)
-    env, model = config["job"]["env"], config["job"]["model"]
+    env, model, seed = config["job"]["env"], config["job"]["model"], config["job"]["seed"]
     fingerprints = read_fingerprints(storage)
-    key = model_key(spec, env, model, fingerprints)
+    key = model_key(spec, env, model, fingerprints, seed)
 
     def train(directory: Path) -> None:
         normalizer = fit_normalizer(spec, env)  # base and expert together: both models share it
@@ -144,18 +166,18 @@ def train_model(config: dict, spec: LocomotionSweepSpec, storage: SweepStorage) 
 
             base = env_windows(spec, env, "base", "train", normalizer)
             expert = env_windows(spec, env, "expert", "train", normalizer)
-            rng = np.random.default_rng(spec.seed)
+            rng = np.random.default_rng(seed)
             held = [env_windows(spec, env, role, "heldout", normalizer) for role in ("base", "expert")]
             val = [w.batch(rng.integers(len(w), size=min(len(w), 2048))) for w in held]
             result = train_discriminator(base, expert, val[0], val[1], spec.discriminator, spec.reward_of(env),
                                          spec.diffusion, spec.resources, paths.train, f"discriminator-{env}-{key}",
-                                         seed=spec.seed, callbacks=tune_report_callbacks())
+                                         seed=seed, callbacks=tune_report_callbacks())
         else:
             from rrf_ray.diffusion.train import train_diffuser
 
             data = env_windows(spec, env, model, "train", normalizer)
             result = train_diffuser(data, spec.diffusion_of(env), spec.resources, paths.train, f"{model}-{env}-{key}",
-                                    seed=spec.seed, callbacks=tune_report_callbacks())
+                                    seed=seed, callbacks=tune_report_callbacks())
         copy_checkpoint(result, directory)
 
     paths.artifacts.ensure(model_kind(model), key, train)
@@ -174,24 +196,26 @@ def train_env_reward(config: dict, spec: LocomotionSweepSpec, storage: SweepStor
     from rrf_ray.rrf.extract import extract_reward
 
     quiet_ray_data()
-    paths, env = SweepPaths(storage), config["env"]
+    paths, env, seed = SweepPaths(storage), config["job"]["env"], config["job"]["seed"]
     fingerprints = read_fingerprints(storage)
-    base, expert = (model_key(spec, env, role, fingerprints) for role in ("base", "expert"))
+    base, expert = (model_key(spec, env, role, fingerprints, seed) for role in ("base", "expert"))
     normalizer = load_normalizer(paths.artifacts.require("diffusers", base, f"the base diffuser of {env}"))
     extraction = extract_reward(paths, base, expert, lambda role, split: env_windows(spec, env, role, split, normalizer),
-                                spec.pregen, spec.reward_of(env), spec.resources, spec.seed, f"reward-{env}",
+                                spec.pregen, spec.reward_of(env), spec.resources, seed, f"reward-{env}-seed{seed}",
                                 callbacks=tune_report_callbacks())
     tune.report({"done": 1, "artifact": extraction.key, **extraction.summary()})
 
 
 # -- stage 4: rollouts ------------------------------------------------------------------
 
-def load_guide(spec: LocomotionSweepSpec, paths: SweepPaths, env: str, method: str, fingerprints: dict, device):
+def load_guide(spec: LocomotionSweepSpec, paths: SweepPaths, env: str, method: str, fingerprints: dict, seed: int,
+               device):
     """The guide rho(x, t) of a method on normalised windows (None for unsteered)."""
     if method == "unsteered":
         return None
     kind = "rewards" if method == "rrf" else "discriminators"
-    path = paths.artifacts.require(kind, guide_key(spec, env, method, fingerprints), f"the {method} model of {env}")
+    path = paths.artifacts.require(kind, guide_key(spec, env, method, fingerprints, seed),
+                                   f"the {method} model of {env} (model seed {seed})")
     if method == "rrf":
         from rrf_ray.rrf.reward_nets import load_reward
 
@@ -212,11 +236,11 @@ def rollout_metrics(spec: LocomotionSweepSpec, paths: SweepPaths, row: dict, fin
     set_threads(spec.rollout.threads)
     device = torch.device("cuda" if spec.rollout.gpus > 0 and torch.cuda.is_available() else "cpu")
     configure_precision(device)
-    env, method = row["env"], row["method"]
-    base_dir = paths.artifacts.require("diffusers", model_key(spec, env, "base", fingerprints),
-                                       f"the base diffuser of {env}")
+    env, method, m = row["env"], row["method"], row["model_seed"]
+    base_dir = paths.artifacts.require("diffusers", model_key(spec, env, "base", fingerprints, m),
+                                       f"the base diffuser of {env} (model seed {m})")
     planner = load_diffuser(base_dir, device=device)
-    guide = load_guide(spec, paths, env, method, fingerprints, device)
+    guide = load_guide(spec, paths, env, method, fingerprints, m, device)
     guidance = guidance_spec(row["omega"], row["t_stopgrad"], spec.search.n_guide_steps,
                              spec.search.scale_grad_by_std, spec.search.guidance_form)
     t0 = time.perf_counter()
@@ -230,13 +254,16 @@ def rollout_metrics(spec: LocomotionSweepSpec, paths: SweepPaths, row: dict, fin
 
 
 def run_rollout_trial(config: dict, spec: LocomotionSweepSpec, storage: SweepStorage) -> None:
-    """Tune trial: one row of the rollout grid (or one Optuna sample), result.json + metrics to Tune."""
+    """Tune trial: one row of a rollout grid (or one Optuna sample over every selection seed), result.json
+    + metrics to Tune."""
     from ray import tune
 
     row = dict(config["trial"]) if "trial" in config else {
         "env": config["env"], "method": config["method"], "omega": float(config["omega"]),
-        "t_stopgrad": int(config["t_stopgrad"]), "seeds": list(spec.search.seeds)}
+        "t_stopgrad": int(config["t_stopgrad"]), "model_seed": int(config["model_seed"]), "phase": SELECTION,
+        "seeds": list(spec.search.selection_seeds)}
     row.setdefault("trial_id", trial_id(row["env"], row["method"], row["omega"], row["t_stopgrad"],
+                                        row["model_seed"], row["phase"],
                                         row["seeds"][0] if len(row["seeds"]) == 1 else None))
     paths = SweepPaths(storage)
     tid = row["trial_id"]
@@ -257,8 +284,10 @@ def _trial_resources(spec: LocomotionSweepSpec) -> dict:
     return res
 
 
-def run_optuna_stage(spec: LocomotionSweepSpec, storage: SweepStorage, resume: bool, env: str, method: str):
-    """An Optuna search over (omega, t_stopgrad) for one environment and method."""
+def run_optuna_stage(spec: LocomotionSweepSpec, storage: SweepStorage, resume: bool, env: str, method: str,
+                     model_seed: int):
+    """An Optuna search over (omega, t_stopgrad) for one environment, method and model seed, on the
+    selection seeds (its objective is their mean score; the report rolls the best out again)."""
     try:
         import optuna  # noqa: F401
         from ray.tune.search.optuna import OptunaSearch
@@ -267,11 +296,11 @@ def run_optuna_stage(spec: LocomotionSweepSpec, storage: SweepStorage, resume: b
     from ray import tune
 
     s = spec.search
-    space = {"env": env, "method": method, "omega": tune.uniform(min(s.omegas), max(s.omegas)),
-             "t_stopgrad": tune.choice(list(s.t_stopgrads))}
-    return run_stage(f"{STAGE_ROLLOUTS}-optuna-{env}-{method}", run_rollout_trial, space, spec, storage, resume,
-                     ROLLOUT_METRICS, _trial_resources(spec),
-                     search=Search(OptunaSearch(seed=spec.seed), metric="score", mode="max",
+    space = {"env": env, "method": method, "model_seed": model_seed,
+             "omega": tune.uniform(min(s.omegas), max(s.omegas)), "t_stopgrad": tune.choice(list(s.t_stopgrads))}
+    return run_stage(f"{STAGE_SELECTION}-optuna-{env}-{method}-model{model_seed}", run_rollout_trial, space, spec,
+                     storage, resume, ROLLOUT_METRICS, _trial_resources(spec),
+                     search=Search(OptunaSearch(seed=model_seed), metric="score", mode="max",
                                    num_samples=s.optuna_samples))
 
 
@@ -294,47 +323,59 @@ def run_locomotion_sweep(spec: LocomotionSweepSpec, storage: SweepStorage, resum
     from ray import tune
 
     from rrf_ray.engine.ray_runtime import init_ray, quiet_ray_data
-    from rrf_ray.locomotion.report import write_locomotion_report
+    from rrf_ray.locomotion.report import load_results, write_locomotion_report
+    from rrf_ray.locomotion.selection import chosen_settings
 
     check_search_available(spec)
     fingerprints = check_and_fingerprint(spec)  # before any work: a missing dataset fails here
     from rrf_ray.locomotion.datasets import data_scores
 
     sweep_dir = storage.local
+    selection = selection_table(spec)
     write_sweep_files(storage, {"spec.json": spec.model_dump_json(indent=1),
-                                "trials.json": json.dumps(trial_table(spec), indent=1),
+                                "trials.json": json.dumps(selection, indent=1),
                                 DATASETS_FILE: json.dumps(fingerprints, indent=1),
                                 DATA_SCORES_FILE: json.dumps(data_scores(spec), indent=1)})
     init_ray(address, num_cpus=spec.resources.num_cpus or (os.cpu_count() or 1) + 1)
     quiet_ray_data()
-    envs = list(spec.environments)
-    methods = spec.search.methods
+    envs, methods, seeds = list(spec.environments), spec.search.methods, spec.seeds
 
     models = ["base"] + (["expert"] if "rrf" in methods else []) + \
         (["discriminator"] if "discriminator" in methods else [])
-    print(f"[locomotion] stage 2/5: models ({', '.join(models)}) of {', '.join(envs)}", flush=True)
+    print(f"[locomotion] stage 2/6: models ({', '.join(models)}) of {', '.join(envs)}, model seeds {seeds}",
+          flush=True)
     grid = run_stage(STAGE_MODELS, train_model,
-                     {"job": tune.grid_search([{"env": e, "model": m} for e in envs for m in models])},
+                     {"job": tune.grid_search([{"env": e, "model": m, "seed": s}
+                                               for e in envs for s in seeds for m in models])},
                      spec, storage, resume, ["step", "loss", "val_accuracy"])
     raise_if_any_failed(grid, "model training")
     if "rrf" in methods:
-        print("[locomotion] stage 3/5: relative rewards", flush=True)
-        grid = run_stage(STAGE_REWARDS, train_env_reward, {"env": tune.grid_search(envs)}, spec, storage, resume,
-                         ["step", "loss", "cosine", "val_cosine"])
+        print("[locomotion] stage 3/6: relative rewards", flush=True)
+        grid = run_stage(STAGE_REWARDS, train_env_reward,
+                         {"job": tune.grid_search([{"env": e, "seed": s} for e in envs for s in seeds])},
+                         spec, storage, resume, ["step", "loss", "cosine", "val_cosine"])
         raise_if_any_failed(grid, "reward training")
-    rows = trial_table(spec)
-    print(f"[locomotion] stage 4/5: rollouts ({len(rows)} grid trials"
-          + (", Optuna search per environment and method" if spec.search.search == "optuna" else "") + ")",
-          flush=True)
-    if rows:
-        run_stage(STAGE_ROLLOUTS, _unpack_rollout, {"trial": tune.grid_search(rows)}, spec, storage, resume,
+    s = spec.search
+    print(f"[locomotion] stage 4/6: selection rollouts (seeds {s.selection_seeds}; "
+          + (f"{len(selection)} grid trials)" if s.search == "grid" else
+             "an Optuna search per environment, method and model seed)"), flush=True)
+    if selection:
+        run_stage(STAGE_SELECTION, _unpack_rollout, {"trial": tune.grid_search(selection)}, spec, storage, resume,
                   ROLLOUT_METRICS, trial_resources=_trial_resources(spec))
-    if spec.search.search == "optuna":
+    if s.search == "optuna":
         for env in envs:
-            for method in methods:
-                if method != "unsteered":
-                    run_optuna_stage(spec, storage, resume, env, method)
-    print("[locomotion] stage 5/5: report", flush=True)
+            for method in s.steered_methods:
+                for seed in seeds:
+                    run_optuna_stage(spec, storage, resume, env, method, seed)
+    storage.pull("trials", refresh=True)
+    report_rows = report_table(spec, chosen_settings(load_results(sweep_dir)[0]))
+    write_sweep_files(storage, {"trials.json": json.dumps(selection + report_rows, indent=1)})
+    print(f"[locomotion] stage 5/6: report rollouts of the chosen settings ({len(report_rows)} trials on fresh "
+          f"seeds {s.report_seeds})", flush=True)
+    if report_rows:
+        run_stage(STAGE_REPORT, _unpack_rollout, {"trial": tune.grid_search(report_rows)}, spec, storage, resume,
+                  ROLLOUT_METRICS, trial_resources=_trial_resources(spec))
+    print("[locomotion] stage 6/6: report", flush=True)
     storage.pull("trials", refresh=True)
     report = write_locomotion_report(sweep_dir)
     for name in ("report.md", "results.csv", "figures"):
@@ -354,49 +395,56 @@ def dry_run(spec: LocomotionSweepSpec) -> str:
     from rrf_ray.locomotion.datasets import missing_datasets_message, root_of
 
     s, r = spec.search, spec.resources
-    rows = trial_table(spec)
+    rows = selection_table(spec)
+    n_envs, n_seeds, n_steered = len(spec.environments), len(spec.seeds), len(s.steered_methods)
     models = ["base"] + (["expert"] if "rrf" in s.methods else []) + \
         (["discriminator"] if "discriminator" in s.methods else [])
     per_run = f"{r.num_workers} worker(s) x {r.cpus_per_worker} CPU" + (f" + {r.gpus_per_worker} GPU" if r.use_gpu else "")
-    lines = [f"sweep {spec.name}: locomotion steering, {len(spec.environments)} environment(s), "
-             f"methods {', '.join(s.methods)}, search {s.search}",
+    lines = [f"sweep {spec.name}: locomotion steering, {n_envs} environment(s), methods {', '.join(s.methods)}, "
+             f"model seeds {spec.seeds}, search {s.search}",
              f"stage 1 datasets (Minari root {root_of(spec)}):"]
     for env, e in spec.environments.items():
         lines.append(f"  {env}: {e.env_id}, base {e.base_dataset}, expert {e.expert_dataset}, H = {spec.horizon(env)}")
     missing = missing_datasets_message(spec)
     lines.append("  all datasets present" if missing is None else "  WARNING: " + missing.replace("\n", "\n  "))
-    lines += [f"stage 2 models: {len(models) * len(spec.environments)} Ray Train runs ({', '.join(models)}; "
+    lines += [f"stage 2 models: {len(models) * n_envs * n_seeds} Ray Train runs ({', '.join(models)} x model seeds; "
               f"diffusers {spec.diffusion.train_steps:,} steps, discriminator {spec.discriminator.train_steps:,}; "
               f"{per_run})"]
     if "rrf" in s.methods:
-        lines.append(f"stage 3 rewards: {len(spec.environments)} x ({spec.pregen.algorithm} triples, "
+        lines.append(f"stage 3 rewards: {n_envs * n_seeds} x ({spec.pregen.algorithm} triples, "
                      f"{spec.reward.kind} reward {spec.reward.train_steps:,} steps)")
-    n_rollouts = spec.rollout.n_envs * spec.rollout.max_steps
+    each = f"each {spec.rollout.n_envs} rollouts of <= {spec.rollout.max_steps} steps"
     if s.search == "grid":
-        lines.append(f"stage 4 rollouts: {len(rows)} trials (omega {s.omegas} x t_stopgrad {s.t_stopgrads} x "
-                     f"seeds {s.seeds}), each {spec.rollout.n_envs} rollouts of <= {spec.rollout.max_steps} steps")
+        lines.append(f"stage 4 selection rollouts: {len(rows)} trials ({', '.join(s.steered_methods)} x omega "
+                     f"{s.omegas} x t_stopgrad {s.t_stopgrads} x model seeds x selection seeds "
+                     f"{s.selection_seeds}), {each}")
+        n_selection = len(rows)
     else:
-        n_opt = sum(m != "unsteered" for m in s.methods) * len(spec.environments)
-        lines.append(f"stage 4 rollouts: {len(rows)} unsteered trials + {n_opt} Optuna searches of "
-                     f"{s.optuna_samples} samples (omega in [{min(s.omegas)}, {max(s.omegas)}], t_stopgrad in "
-                     f"{s.t_stopgrads}), each over seeds {s.seeds}")
-    lines += ["stage 5 report: report.md (Table 1), results.csv, figures/score_vs_omega.png", ""]
+        n_opt = n_steered * n_envs * n_seeds
+        n_selection = s.optuna_samples * len(s.selection_seeds) * n_opt
+        lines.append(f"stage 4 selection rollouts: {n_opt} Optuna searches of {s.optuna_samples} samples (omega in "
+                     f"[{min(s.omegas)}, {max(s.omegas)}], t_stopgrad in {s.t_stopgrads}), each over selection "
+                     f"seeds {s.selection_seeds}, {each}")
+    n_report = n_envs * n_seeds * len(s.methods) * len(s.report_seeds)
+    lines += [f"stage 5 report rollouts: {n_report} trials (unsteered and each steered method's chosen setting x "
+              f"model seeds x fresh report seeds {s.report_seeds}), {each}",
+              "stage 6 report: report.md (protocol card, Table 1, paired differences), results.csv, "
+              "figures/score_vs_omega.png", ""]
     if rows:
-        lines.append(f"{'trial':<40} {'env':<12} {'method':<14} {'omega':>7} {'t_stop':>6} {'seed':>4}")
-        lines += [f"{t['trial_id']:<40} {t['env']:<12} {t['method']:<14} {t['omega']:>7g} {t['t_stopgrad']:>6} "
-                  f"{t['seeds'][0]:>4}" for t in rows]
-    n_trials = len(rows) + (0 if s.search == "grid" else
-                            s.optuna_samples * len(s.seeds) * sum(m != "unsteered" for m in s.methods)
-                            * len(spec.environments))
-    n_envs = len(spec.environments)
-    n_diffusers = n_envs * (1 + ("rrf" in s.methods))
+        lines.append(f"{'selection trial':<54} {'env':<12} {'method':<14} {'omega':>7} {'t_stop':>6} {'model':>5} "
+                     f"{'seed':>4}")
+        lines += [f"{t['trial_id']:<54} {t['env']:<12} {t['method']:<14} {t['omega']:>7g} {t['t_stopgrad']:>6} "
+                  f"{t['model_seed']:>5} {t['seeds'][0]:>4}" for t in rows]
+    n_rollouts = spec.rollout.n_envs * spec.rollout.max_steps
+    n_trials = n_selection + n_report
+    n_diffusers = n_envs * n_seeds * (1 + ("rrf" in s.methods))
     work = {"diffuser_samples_per_s": n_diffusers * spec.diffusion.train_steps * spec.diffusion.batch_size,
             "plans_per_s": n_trials * n_rollouts}
     if "rrf" in s.methods:
-        work["reward_samples_per_s"] = n_envs * spec.reward.train_steps * spec.reward.batch_size
+        work["reward_samples_per_s"] = n_envs * n_seeds * spec.reward.train_steps * spec.reward.batch_size
     hours, rate_lines = spec.estimate.hours(work)
     device = "GPU" if r.use_gpu or spec.rollout.gpus > 0 else "CPU-worker"
-    lines += ["", f"{len(rows)} grid trials; {n_trials * n_rollouts:,} plans in rollouts "
-              f"({n_trials * n_rollouts * spec.diffusion.n_timesteps:,} denoising passes)",
+    lines += ["", f"{n_selection} selection trials + {n_report} report trials; {n_trials * n_rollouts:,} plans in "
+              f"rollouts ({n_trials * n_rollouts * spec.diffusion.n_timesteps:,} denoising passes)",
               f"estimated time: {hours:,.1f} {device}-hours (triples and the discriminator not included):"] + rate_lines
     return "\n".join(lines)

@@ -133,14 +133,18 @@ def test_specs_validate_and_the_paper_profile_dry_runs():
     assert paper.environments["hopper"].reference_scores == (-20.272305, 3234.3)
     r = sweep_cli("locomotion", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert "1164 grid trials" in r.stdout  # 3 envs x (1 + 2 x 8 omegas x 6 t_stopgrads) x 4 seeds
+    # 3 envs x 2 steered methods x 7 omegas x 6 t_stopgrads x 4 selection seeds; 3 envs x 3 methods x 4 report seeds
+    assert "1008 selection trials + 36 report trials" in r.stdout
     r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "reward.kind=window_mlp")
     assert r.returncode == 2 and "value_unet" in r.stderr
     r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "search.t_stopgrads=[5]")
     assert r.returncode == 2 and "t_stopgrads" in r.stderr
-    assert paper.seeds == [0] and paper.seed == 0  # the model seed: one name across experiments, one value for now
-    r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "seeds=[0, 1]")
-    assert r.returncode == 2 and "several model seeds are not supported yet" in r.stderr
+    r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "seeds=[0, 1]")  # model seeds: every model twice
+    assert r.returncode == 0 and "6 Ray Train runs" in r.stdout and "8 selection trials + 6 report trials" in r.stdout
+    r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "search.omegas=[0.0, 0.5]")
+    assert r.returncode == 2 and "search.omegas" in r.stderr and "unsteered" in r.stderr
+    r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "search.report_seeds=[0]")
+    assert r.returncode == 2 and "share [0]" in r.stderr and "fresh" in r.stderr
     assert d4rl_score([-280.178953, 12135.0], -280.178953, 12135.0).tolist() == [0.0, 100.0]
 
 
@@ -186,8 +190,9 @@ def _result(sweep_dir: Path, tid: str) -> dict:
 def test_tiny_profile_runs_end_to_end_and_writes_table_and_plot(tiny_sweep):
     report = (tiny_sweep / "report.md").read_text()
     assert "| Environment | Base data | Unsteered | Discriminator | Relative reward (ours) |" in report
+    assert "## Protocol" in report and "selection seeds [0]" in report and "report seeds [1]" in report
     row = next(line for line in report.splitlines() if line.startswith("| halfcheetah |"))
-    assert row.count("±") == 5 and "30.38 / 30.41 / 31.65" in row  # data, ours, data, then the paper's Table 1
+    assert row.count("±") == 2 and row.count("[") == 3 and "30.38 / 30.41 / 31.65" in row  # data ±, methods [CI]
     # the data columns: each dataset's episodes scored over the rollouts' 8 steps
     data = json.loads((tiny_sweep / "data_scores.json").read_text())["halfcheetah"]
     for role, episodes in (("base", _episodes("random", 0)), ("expert", _episodes("gait", 1))):
@@ -196,25 +201,53 @@ def test_tiny_profile_runs_end_to_end_and_writes_table_and_plot(tiny_sweep):
         assert data[role]["score"] == pytest.approx(expected.mean())
     cells = [c.strip() for c in row.split("|")]
     assert cells[2] == f"{data['base']['score']:.2f} ± {data['base']['score_se']:.2f}"
-    assert cells[7] == f"{data['expert']['score']:.2f} ± {data['expert']['score_se']:.2f}"
+    assert cells[6] == f"{data['expert']['score']:.2f} ± {data['expert']['score_se']:.2f}"
     lines = (tiny_sweep / "results.csv").read_text().splitlines()
-    assert len(lines) == 1 + 5 and all(",ok," in line for line in lines[1:])
+    assert len(lines) == 1 + 4 + 3 and all(",ok," in line for line in lines[1:])  # 4 selection + 3 report trials
     assert mpimg.imread(tiny_sweep / "figures" / "score_vs_omega.png").shape[0] > 100
-    tune_results = list((tiny_sweep / "stage4-rollouts").rglob("result.json"))
+    tune_results = list((tiny_sweep / "stage5-report-rollouts").rglob("result.json"))
     assert any('"score"' in p.read_text() for p in tune_results)  # scores reached Tune
-    for tid in ("halfcheetah-unsteered-seed0", "halfcheetah-rrf-w0.5-ts1-seed0"):
+    for tid in ("halfcheetah-unsteered-model0-report1", "halfcheetah-rrf-w0.5-ts1-model0-selection0"):
         m = _result(tiny_sweep, tid)["metrics"]
         assert m["n_episodes"] == 2 and np.isfinite(m["score"])
         assert m["length_mean"] == 8  # HalfCheetah never terminates early
+    # the report trials are exactly each steered method's setting chosen on the selection rollouts
+    from rrf_ray.locomotion.report import load_results
+    from rrf_ray.locomotion.selection import chosen_settings
+
+    chosen = chosen_settings(load_results(tiny_sweep)[0])
+    for method in ("rrf", "discriminator"):
+        c = chosen["halfcheetah", method, 0]
+        sel = [_result(tiny_sweep, f"halfcheetah-{method}-w{w:g}-ts1-model0-selection0")["metrics"]["score"]
+               for w in (0.5, 2.0)]
+        assert c.omega == (0.5, 2.0)[int(np.argmax(sel))]
+        assert (tiny_sweep / "trials" / f"halfcheetah-{method}-w{c.omega:g}-ts1-model0-report1").is_dir()
+        assert not (tiny_sweep / "trials" / f"halfcheetah-{method}-w{2.5 - c.omega:g}-ts1-model0-report1").exists()
 
 
 @pytest.mark.slow
-def test_omega_zero_gives_exactly_the_unsteered_result_for_the_same_seeds(tiny_sweep):
-    unsteered = _result(tiny_sweep, "halfcheetah-unsteered-seed0")["metrics"]["scores"]
-    for method in ("rrf", "discriminator"):
-        assert _result(tiny_sweep, f"halfcheetah-{method}-w0-ts1-seed0")["metrics"]["scores"] == unsteered
-        # and guidance is live: omega 0.5 changes the rollouts
-        assert _result(tiny_sweep, f"halfcheetah-{method}-w0.5-ts1-seed0")["metrics"]["scores"] != unsteered
+def test_omega_zero_gives_exactly_the_unsteered_rollouts_for_the_same_seed(tiny_sweep, datasets):
+    """Library level (a steered grid holds no omega 0): the trained reward at scale 0 reproduces the
+    unsteered rollouts of the same seed exactly, so report rollouts pair episode by episode; 0.5 differs."""
+    from rrf_ray.locomotion.rollouts import guidance_spec, rollout
+    from rrf_ray.locomotion.stages import reward_key
+    from rrf_ray.rrf.reward_nets import load_reward
+
+    spec = load_spec("locomotion-tiny", [f"datasets_root={datasets[0]}"])
+    fingerprints = read_fingerprints(SweepStorage(tiny_sweep.parent, spec.name))
+    planner = load_diffuser(tiny_sweep / "artifacts" / "diffusers" / model_key(spec, "halfcheetah", "base",
+                                                                                 fingerprints, 0))
+    reward = load_reward(tiny_sweep / "artifacts" / "rewards" / reward_key(spec, "halfcheetah", fingerprints, 0))
+    refs = spec.environments["halfcheetah"].reference_scores
+
+    def scores(omega):
+        guide = None if omega is None else reward
+        return rollout(planner, "HalfCheetah-v5", 2, 6, seed=3, ref_scores=refs, guide=guide,
+                       guidance=guidance_spec(omega or 0.0, 1, 1, True)).scores.tolist()
+
+    unsteered = scores(None)
+    assert scores(0.0) == unsteered
+    assert scores(0.5) != unsteered
 
 
 @pytest.mark.slow
@@ -222,7 +255,7 @@ def test_analytic_reward_steers_the_trained_base_planner_forwards(tiny_sweep, da
     """Guiding the trained base diffuser by the planned forward velocity raises it in the plans."""
     spec = load_spec("locomotion-tiny", [f"datasets_root={datasets[0]}"])
     storage = SweepStorage(tiny_sweep.parent, spec.name)
-    key = model_key(spec, "halfcheetah", "base", read_fingerprints(storage))
+    key = model_key(spec, "halfcheetah", "base", read_fingerprints(storage), 0)
     planner = load_diffuser(tiny_sweep / "artifacts" / "diffusers" / key)
     column = planner.model.action_dim + VELOCITY
     held = env_windows(spec, "halfcheetah", "base", "all", planner.normalizer)
@@ -244,10 +277,10 @@ def test_analytic_reward_steers_the_trained_base_planner_forwards(tiny_sweep, da
 def test_trained_discriminator_guides_by_grad_log_sigmoid(tiny_sweep, datasets):
     spec = load_spec("locomotion-tiny", [f"datasets_root={datasets[0]}"])
     storage = SweepStorage(tiny_sweep.parent, spec.name)
-    key = model_key(spec, "halfcheetah", "discriminator", read_fingerprints(storage))
+    key = model_key(spec, "halfcheetah", "discriminator", read_fingerprints(storage), 0)
     disc = load_discriminator(tiny_sweep / "artifacts" / "discriminators" / key)
     base = env_windows(spec, "halfcheetah", "base", "all", load_diffuser(
-        tiny_sweep / "artifacts" / "diffusers" / model_key(spec, "halfcheetah", "base", read_fingerprints(storage))
+        tiny_sweep / "artifacts" / "diffusers" / model_key(spec, "halfcheetah", "base", read_fingerprints(storage), 0)
     ).normalizer)
     x = torch.as_tensor(base.batch(np.arange(8))).requires_grad_(True)
     t = torch.full((8,), 2)
