@@ -13,7 +13,8 @@ listed, not silently dropped, and every rate says how many trials it is over.
 A trials.json entry may also carry "layout" and "goals" for a maze that is not built in,
 so its figure shows walls and the goal; without them such a maze is drawn bare.
 
-Rebuilt by `python -m rrf_ray.report SWEEP_DIR` (report.md, results.csv, figures/<maze>.png).
+Rebuilt by `python -m rrf_ray.report SWEEP_DIR` (report.md, results.csv, figures/<maze>.png); several
+sweeps of one recipe (e.g. one per data seed) pooled by `python -m rrf_ray.maze2d.report --pool OUT DIR...`.
 """
 
 from __future__ import annotations
@@ -317,10 +318,7 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         "figures are p̂ ± 1.96·sqrt(p̂(1−p̂)/n), over completed trials); means are over completed trials with a "
         "finite value, and the values left out are counted below the table.",
         "",
-        "Protocol (SPEC section 4): held-out windows only; goal recovered when the smoothed "
-        "heatmap's peak lies within 0.75 maze units of the goal; discriminability scored on a "
-        "held-out half.",
-        "",
+        *protocol_lines(spec),
         *recipe_lines(spec),
         "## Paper vs ours",
         "",
@@ -344,6 +342,7 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         f"{_num(_mean(_metric(trials, 'reward_val_cosine')))} |",
         "",
         *_nonfinite_lines(trials),
+        *seed_lines(trials),
         "## Per maze",
         "",
         "| maze | expected | completed | failed | missing | goal recovery | mean peak distance "
@@ -407,6 +406,90 @@ def per_goal_lines(trials: list[Trial], spec) -> list[str]:
     return lines
 
 
+def protocol_lines(spec) -> list[str]:
+    """The protocol card: what was chosen on what, seeds, what is scored, intervals, differences from the paper."""
+    goals = "the goals listed in the spec"
+    if spec is not None:
+        drawn = [f"{name}: {m.random_goals.random} drawn with seed {m.random_goals.seed}"
+                 for name, m in spec.mazes.items() if m.random_goals is not None]
+        fixed = [name for name, m in spec.mazes.items() if m.random_goals is None]
+        goals = "; ".join(drawn + ([f"{', '.join(fixed)}: fixed goals from the spec"] if fixed else []))
+    seeds = ("(spec.json missing: seeds unknown)" if spec is None else
+             f"data seed {spec.data_seed} (every generated dataset); model seeds {spec.seeds} (expert diffuser, "
+             f"triples and reward of each trial; the base diffuser "
+             + ("per seed" if spec.base_per_seed else f"one per maze, seeded by {spec.seeds[0]}") + ")")
+    return ["## Protocol", "",
+            "- **Selected on what:** nothing is tuned in this sweep; the profile's settings were fixed beforehand "
+            "(the YAML's header says on which goals). Goals: " + goals + ". Judge a recipe on goals drawn after "
+            "it was fixed (`--set mazes.NAME.goals='{random: N, seed: S}'`).",
+            "- **Seeds:** " + seeds + ". A seed that varies data too is a separate sweep with its own "
+            "`data_seed`; `python -m rrf_ray.maze2d.report --pool OUT DIR...` pools such sweeps.",
+            "- **Scored on:** held-out episodes' windows only (never a training window); no rollouts: the reward "
+            "is read as a heatmap. A goal is recovered when the smoothed heatmap's peak lies within 0.75 maze "
+            "units of it (SPEC section 4); discriminability is a 1-D logistic regression fit on one held-out half "
+            "and scored on the other; ERC against −distance-to-goal.",
+            "- **Intervals:** goal recovery with a 95% Wilson interval, a failed trial counted as a goal not "
+            "recovered; across seeds, rliable's interquartile mean of per-seed rates with a stratified-bootstrap "
+            "interval.",
+            "- **Differs from the paper:** the recipe below (sizes and training lengths) against the paper's "
+            "(docs/method.md); the paper's ± is p̂ ± 1.96·sqrt(p̂(1−p̂)/n) over completed trials only.", ""]
+
+
+def seed_lines(trials: list[Trial]) -> list[str]:
+    """With several model seeds: each seed's recovery rate, and rliable's IQM over seeds (mazes as tasks)."""
+    seeds = sorted({t.seed for t in trials})
+    if len(seeds) < 2:
+        return []
+    return ["## Across seeds", ""] + rate_table(
+        {f"seed {s}": [t for t in trials if t.seed == s] for s in seeds}) + [""]
+
+
+def rate_table(runs: dict[str, list[Trial]]) -> list[str]:
+    """One row per run (its recovery rate per maze and overall), then the interquartile mean over runs of
+    the per-maze rates with rliable's stratified-bootstrap interval. A failed trial counts as not recovered."""
+    from rrf_ray.metrics.aggregate import iqm
+
+    mazes = list(dict.fromkeys(t.maze for ts in runs.values() for t in ts))
+    lines = ["| run | " + " | ".join(mazes) + " | all |", "|---" * (len(mazes) + 2) + "|"]
+    matrix = []
+    for name, ts in runs.items():
+        row = []
+        for m in mazes:
+            scored = [t for t in ts if t.maze == m and t.status != "missing"]
+            row.append(np.mean([t.ok and bool(t.metrics.get("goal_recovered")) for t in scored])
+                       if scored else np.nan)
+        matrix.append(row)
+        lines.append(f"| {name} | " + " | ".join(_fmt_rate([t for t in ts if t.maze == m]) for m in mazes)
+                     + f" | {_fmt_rate(ts)} |")
+    agg = iqm({"all": np.asarray(matrix, dtype=np.float64)})["all"]
+    pooled = [t for ts in runs.values() for t in ts]
+    lines += ["", f"Pooled over the {len(runs)} runs: {_fmt_rate(pooled)}. Interquartile mean over runs × mazes of "
+              f"the per-maze rates (rliable, 95% stratified bootstrap over runs): "
+              + (f"{_pct(agg.value)} [{_pct(agg.low)}, {_pct(agg.high)}]" if np.isfinite(agg.low) else
+                 f"{_pct(agg.value)} (no interval: one run, or a maze without trials)") + "."]
+    return lines
+
+
+def pooled_report(sweep_dirs: list, out) -> Path:
+    """pooled.md over several sweeps of the same recipe (e.g. one per data seed): each sweep's rates and
+    the pooled and interquartile-mean rates, with each sweep's protocol line (data seed, model seeds, goals)."""
+    runs, lines = {}, []
+    for d in map(Path, sweep_dirs):
+        trials = load_trials(d)
+        spec = read_sweep_spec(d)
+        runs[f"{d.parent.name}/{d.name}"] = trials
+        if spec is not None:
+            goals = "; ".join(f"{n} goals {'seed ' + str(m.random_goals.seed) if m.random_goals else 'fixed'}"
+                              for n, m in spec.mazes.items())
+            lines.append(f"- `{d}`: data seed {spec.data_seed}, model seeds {spec.seeds}, {goals}; "
+                         f"{sum(t.ok for t in trials)} of {len(trials)} trials completed.")
+    text = "\n".join([f"# Maze2D goal recovery pooled over {len(runs)} sweeps", "", *lines, "",
+                      *rate_table(runs), ""])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(out, text)
+
+
 def recipe_lines(spec) -> list[str]:
     """What produced these numbers, from the sweep's Maze2DSpec (none without a Maze2D spec.json):
     the profiles differ from the paper in exactly these settings, so the report says which."""
@@ -444,3 +527,28 @@ def write_report(sweep_dir) -> Path:
         write_maze_figure(sweep_dir, name, ts, sweep_dir / rel, maze_of(ts[0], mazes))
         figures[name] = rel
     return write_atomic(sweep_dir / "report.md", render_markdown(trials, figures, sweep_dir, spec))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m rrf_ray.maze2d.report",
+                                description="Rebuild a Maze2D sweep's report, or pool several sweeps' goal recovery.")
+    p.add_argument("sweep_dirs", nargs="+")
+    p.add_argument("--pool", metavar="OUT", help="write a pooled report (e.g. pooled.md) over every SWEEP_DIR")
+    args = p.parse_args(argv)
+    for d in args.sweep_dirs:
+        if not (Path(d) / TRIALS_FILE).exists():
+            print(f"error: {d} has no {TRIALS_FILE}; is it a Maze2D sweep directory?", file=sys.stderr)
+            return 2
+    if args.pool:
+        print(pooled_report(args.sweep_dirs, args.pool))
+    else:
+        for d in args.sweep_dirs:
+            print(write_report(d))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -198,3 +198,38 @@ def test_a_non_finite_metric_is_counted_not_silently_dropped(sweep, tmp_path):
     text = write_report(sweep_dir).read_text()
     assert "left out of the means above: erc in 1 trial(s)" in text
     assert "left out of the means above" not in sweep[3].read_text()  # the untouched sweep has none
+
+
+def test_protocol_card_and_rates_per_seed_with_rliable(sweep):
+    sweep_dir, expected, ok, report = sweep
+    text = report.read_text()
+    assert "## Protocol" in text and "Selected on what" in text and "Wilson" in text
+    section = text.split("## Across seeds")[1].split("## Per maze")[0]
+    header = next(line for line in section.splitlines() if line.startswith("| run |")).split("|")
+    seed1 = next(line for line in section.splitlines() if line.startswith("| seed 1 |")).split("|")
+    # seed 1: open goal 1 ok, open goal 2 failed (counted, not recovered); umaze goal 2 missing (not scored)
+    assert seed1[header.index(" open ")].strip().endswith("/2), 1 failed")
+    assert seed1[header.index(" umaze ")].strip().endswith("1/1)")
+    assert "Interquartile mean over runs" in section and "rliable" in section
+
+
+def test_sweeps_of_different_data_seeds_pool_into_one_report(sweep, tmp_path):
+    import shutil
+
+    sweep_dir = sweep[0]
+    copies = []
+    for name in ("draw-a", "draw-b"):
+        copies.append(tmp_path / name / "maze2d")
+        shutil.copytree(sweep_dir, copies[-1])
+    out = tmp_path / "pooled.md"
+    r = subprocess.run([sys.executable, "-m", "rrf_ray.maze2d.report", "--pool", str(out), *map(str, copies)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    ok = [t for t in sweep[2] if t["maze"] in ("umaze", "open", "corridor")]
+    recovered = sum(bool(t["metrics"]["goal_recovered"]) for t in ok)
+    assert f"Pooled over the 2 runs: " in text and f"{2 * recovered}/{2 * (len(ok) + 1)})" in text  # + the failed one
+    assert "| draw-a/maze2d |" in text and "| draw-b/maze2d |" in text
+    r = subprocess.run([sys.executable, "-m", "rrf_ray.maze2d.report", "--pool", str(out), str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "trials.json" in r.stderr
