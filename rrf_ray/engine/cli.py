@@ -7,7 +7,9 @@ its experiment declares growable (more seeds, say): only the new trials run. One
 time per storage (engine.lock). SIGINT or SIGTERM stops the sweep resumably and prints the
 command that resumes it (engine.stopping); exit 130 or 143. `--dry-run` prints the stages,
 trials and resource needs and runs nothing. A bad spec, a bad argument, a missing input or
-a storage in use prints one error line and exits 2.
+a storage in use prints one error line and exits 2. `--mlflow URI` and `--wandb [PROJECT]` log
+every stage's trials (config and metrics) to MLflow and/or W&B as well (engine.tracking,
+docs/tracking.md): `pip install 'rrf_ray[tracking]'` for MLflow, `pip install wandb` for W&B.
 """
 
 from __future__ import annotations
@@ -43,7 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true",
                    help="Ray's own messages on the console too (its warnings, every worker's output); "
                         "by default they stay in Ray's log directory, named in the first lines")
+    track = p.add_argument_group("experiment tracking (docs/tracking.md; none by default)")
+    track.add_argument("--mlflow", default=None, metavar="TRACKING_URI",
+                       help="log every stage's trials (config, metrics) to MLflow at this tracking URI: a local "
+                            "store (sqlite:///PATH.db; file:PATH with MLFLOW_ALLOW_FILE_STORE=true on MLflow 3) or "
+                            "a server (http://HOST:5000); one run per trial, in the experiment named after the "
+                            "sweep, tagged rrf_ray.stage. Needs pip install 'rrf_ray[tracking]'")
+    track.add_argument("--mlflow-experiment", default=None, metavar="NAME",
+                       help="the MLflow experiment for --mlflow (default: the sweep's name)")
+    track.add_argument("--wandb", nargs="?", const="", default=None, metavar="PROJECT",
+                       help="log every stage's trials to Weights & Biases, in PROJECT (default: the sweep's name), "
+                            "one run per trial grouped as SWEEP/STAGE; the API key as W&B finds it (WANDB_API_KEY, "
+                            "wandb login); WANDB_MODE=offline logs without network. Needs pip install wandb")
     return p
+
+
+def configure_tracking(args: argparse.Namespace) -> None:
+    """This driver's stages tracked as --mlflow/--wandb say (engine.tracking); ConfigError if a package
+    they need is missing. Without them neither Ray nor a tracking package is imported here."""
+    if args.mlflow_experiment is not None and args.mlflow is None:
+        raise ConfigError("--mlflow-experiment needs --mlflow")
+    if args.mlflow is None and args.wandb is None:
+        tracking = sys.modules.get("rrf_ray.engine.tracking")
+        if tracking is not None:  # an earlier main() in this process may have turned it on
+            tracking.configure(tracking.Tracking())
+        return
+    from rrf_ray.engine import tracking
+
+    tracking.configure(tracking.Tracking(mlflow_uri=args.mlflow, mlflow_experiment=args.mlflow_experiment,
+                                         wandb_project=args.wandb))
 
 
 def resume_command(args: argparse.Namespace, storage: SweepStorage) -> str:
@@ -55,6 +85,9 @@ def resume_command(args: argparse.Namespace, storage: SweepStorage) -> str:
     parts += ["--address", args.address] if args.address else []
     parts += [arg for override in args.overrides for arg in ("--set", override)]
     parts += ["--verbose"] if args.verbose else []
+    parts += ["--mlflow", args.mlflow] if args.mlflow is not None else []
+    parts += ["--mlflow-experiment", args.mlflow_experiment] if args.mlflow_experiment is not None else []
+    parts += ["--wandb", args.wandb] if args.wandb else ["--wandb"] if args.wandb is not None else []
     return shlex.join(parts)
 
 
@@ -90,12 +123,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         spec = load_spec(args.sweep, args.overrides)
+        configure_tracking(args)
     except ConfigError as e:
         exit_on_user_error(e)
     experiment = get_experiment(spec.experiment)
     if args.dry_run:
         print(experiment.describe(spec))
         return 0
+    if args.mlflow is not None:
+        from rrf_ray.engine.tracking import check_mlflow_store
+
+        try:
+            check_mlflow_store()  # a local store MLflow refuses: exit 2 now, not a failed first stage
+        except ConfigError as e:
+            exit_on_user_error(e)
     try:
         storage = SweepStorage(args.storage, spec.name)
     except (ValueError, OSError) as e:

@@ -141,9 +141,12 @@ def run_stage(name: str, trainable, param_space: dict, spec, storage: SweepStora
     `spec` has a `resources` block (engine.spec.ResourceSpec). trial_resources: what each
     trial's own process holds (default resources.trial_process_cpus CPUs: its Train runs ask
     for theirs, or train in it in local mode); trials that compute in their own process ask
-    for more.
+    for more. With experiment tracking on (engine.tracking: the sweep's --mlflow/--wandb), the
+    stage's trials log their config and metrics to it.
     """
     from ray import tune
+
+    from rrf_ray.engine import tracking
 
     fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, storage=storage),
                              trial_resources or {"cpu": spec.resources.trial_process_cpus})
@@ -164,6 +167,7 @@ def run_stage(name: str, trainable, param_space: dict, spec, storage: SweepStora
                 name=name, storage_path=root, storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 progress_reporter=tune.CLIReporter(metric_columns=metric_columns, max_report_frequency=30),
+                callbacks=tracking.callbacks(storage.name, name) or None,
             ),
         )
         if space is not None:
