@@ -2,7 +2,7 @@
 
     python benchmarks/diffuser_train.py [--steps 400] [--paper-steps 3]
 
-Both train the same smoke-size model (SPEC's CPU recipe: U-Net channels 16/32/64,
+Both train the same smoke-size model (the CPU recipe of docs/method.md, Models: U-Net channels 16/32/64,
 T = 20, H = 32, batch 64) on the same windows with the same torch thread count, and
 both skip their first `log_every` steps as warm-up. Ray's figure is its steady
 samples/s as reported by the training loop (checkpointing only at the end), so the

@@ -36,7 +36,7 @@ from rrf_ray.rrf.pregenerate import pregenerate
 from rrf_ray.rrf.reward_nets import build_reward_net
 from rrf_ray.rrf.spec import PregenSpec, RewardSpec
 
-H, D, A = 32, 6, 2  # SPEC's CPU recipe: H 32, [action | x, y, vx, vy]
+H, D, A = 32, 6, 2  # the CPU recipe of docs/method.md, Models: H 32, [action | x, y, vx, vy]
 
 
 def train_rate(batches, spec: RewardSpec, steps: int, warmup: int = 20) -> float:

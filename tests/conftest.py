@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray of its own (never a cluster already running on this machine). More logical
-    CPUs than cores leaves headroom (SPEC section 7)."""
+    CPUs than cores leaves headroom (docs/operations.md)."""
     import ray  # here, not at the top: the CUDA tests run on GPU machines without Ray
 
     if not ray.is_initialized():

@@ -21,7 +21,7 @@ Split = Literal["train", "heldout", "all"]
 
 
 class WindowSpec(Strict):
-    """Trajectory windows (SPEC section 2): `horizon` rows taken every `stride` steps."""
+    """Trajectory windows (docs/method.md, Models): `horizon` rows taken every `stride` steps."""
 
     horizon: int = Field(256, gt=0)
     stride: int = Field(1, gt=0)

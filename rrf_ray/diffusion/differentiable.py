@@ -1,4 +1,4 @@
-"""Guided sampling that keeps its graph, for learning the guide itself (SPEC section 8, thesis Algorithm 4).
+"""Guided sampling that keeps its graph, for learning the guide itself (docs/irl.md, thesis Algorithm 4).
 
 Inverse RL with a single diffuser trains a reward R_phi by backpropagating a loss of guided
 plans through the reverse chain into phi. The forward pass is exactly `TrajectoryDiffuser.sample`

@@ -1,4 +1,4 @@
-"""Specs of the trajectory diffusers and of reward guidance (SPEC sections 2 and 5)."""
+"""Specs of the trajectory diffusers and of reward guidance (docs/method.md, Models and Guidance)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rrf_ray.engine.spec import Strict
 
 
 class DiffusionSpec(Strict):
-    """Base/expert trajectory diffusers (SPEC section 2)."""
+    """Base/expert trajectory diffusers (docs/method.md, Models)."""
 
     n_timesteps: int = Field(100, gt=0)
     prediction: Literal["sample", "epsilon"] = "sample"

@@ -7,7 +7,7 @@ StableDiffusionPipeline does (classifier-free guidance), the expert branch as
 StableDiffusionPipelineSafe does (minus the safety term), and each takes one DDIM step.
 DDIM's step is a pure function of (noise prediction, t, x_t), so stepping twice from the
 same x_t is sound; a multistep scheduler (PNDM, DPM++) keeps a history that a second step
-would corrupt (SPEC section 6).
+would corrupt (docs/image.md).
 """
 
 from __future__ import annotations

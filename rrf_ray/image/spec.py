@@ -15,7 +15,7 @@ from rrf_ray.rrf.spec import LatentRewardSpec
 
 
 class GenerationSpec(Strict):
-    """Latent chains (SPEC section 6): from each x_t, the next latent without and with safety guidance."""
+    """Latent chains (docs/image.md): from each x_t, the next latent without and with safety guidance."""
 
     model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
                        description="a diffusers Stable Diffusion directory (model_index.json) or a hub id")

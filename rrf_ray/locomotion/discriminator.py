@@ -1,4 +1,4 @@
-"""The discriminator baseline (SPEC section 5): the reward's architecture trained with BCE to tell
+"""The discriminator baseline (docs/locomotion.md): the reward's architecture trained with BCE to tell
 expert windows (label 1) from base windows (label 0), guiding by grad log sigmoid(D(x, t)).
 
 Guidance acts on noisy x_t, so, like any classifier used for guidance, D is trained on windows

@@ -25,7 +25,7 @@ from rrf_ray.engine.atomic import write_atomic
 from rrf_ray.locomotion.selection import REPORT, SELECTION, Setting, chosen_settings, pooled_settings
 from rrf_ray.metrics.aggregate import Estimate, iqm, mean_interval, paired_difference, probability_of_improvement
 
-# SPEC section 5: the paper's Table 1 (unsteered, discriminator, relative reward).
+# docs/locomotion.md: the paper's Table 1 (unsteered, discriminator, relative reward).
 PAPER_TABLE1 = {"halfcheetah": (30.38, 30.41, 31.65), "hopper": (24.67, 25.12, 27.04),
                 "walker2d": (28.20, 27.98, 38.40)}
 PAPER_ROLLOUTS, PAPER_T = 512, 20

@@ -19,7 +19,7 @@ from rrf_ray.metrics.intervals import standard_error
 
 
 def d4rl_score(returns, ref_min: float, ref_max: float) -> np.ndarray:
-    """D4RL normalised score 100 (R - min) / (max - min) (SPEC section 5)."""
+    """D4RL normalised score 100 (R - min) / (max - min) (docs/locomotion.md)."""
     return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
 
 

@@ -11,7 +11,7 @@ from rrf_ray.diffusion.spec import DiffusionSpec
 from rrf_ray.engine.spec import EstimateSpec, ResourceSpec, Strict
 from rrf_ray.rrf.spec import PregenSpec, RewardSpec
 
-# D4RL's reference returns (SPEC section 5): score = 100 (R - min) / (max - min).
+# D4RL's reference returns (docs/locomotion.md): score = 100 (R - min) / (max - min).
 D4RL_REF_SCORES = {
     "halfcheetah": (-280.178953, 12135.0),
     "hopper": (-20.272305, 3234.3),
@@ -129,7 +129,7 @@ class RolloutSpec(Strict):
 
 
 class LocomotionSweepSpec(Strict):
-    """Base diffuser (low-reward data) steered by the relative reward towards the expert (SPEC section 5)."""
+    """Base diffuser (low-reward data) steered by the relative reward towards the expert (docs/locomotion.md)."""
 
     name: str = "locomotion"
     experiment: Literal["locomotion"] = "locomotion"

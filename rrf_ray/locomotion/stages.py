@@ -1,4 +1,4 @@
-"""`python -m rrf_ray.sweep locomotion`: steering a base diffuser with the relative reward (SPEC section 5).
+"""`python -m rrf_ray.sweep locomotion`: steering a base diffuser with the relative reward (docs/locomotion.md).
 
 Stages, each idempotent (content-addressed artifacts under the sweep directory, as in Maze2D):
   1. datasets: every environment's base and expert Minari dataset is checked before any

@@ -1,4 +1,4 @@
-"""One Maze2D trial's evaluation (SPEC section 4): held-out windows in, metrics and heatmap out.
+"""One Maze2D trial's evaluation (docs/method.md, Evaluation): held-out windows in, metrics and heatmap out.
 
 The reward function is any callable on normalised windows, so the same code scores a
 trained relative reward network, the true reward, or a baseline. Positions for the

@@ -1,4 +1,4 @@
-"""Maze2D trajectories (SPEC section 3): D4RL's procedure with continuous starts and goals.
+"""Maze2D trajectories (docs/datasets.md): D4RL's procedure with continuous starts and goals.
 
 `generate_chunk` is the unit of work of one Ray task: a fixed number of transitions from
 its own seed. A dataset is a fixed list of chunks (their count depends only on the size),

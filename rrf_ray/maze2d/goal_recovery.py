@@ -1,4 +1,4 @@
-"""Automatic goal recovery (SPEC section 4): does the reward heatmap peak at the expert's goal?
+"""Automatic goal recovery (docs/method.md, Evaluation): does the reward heatmap peak at the expert's goal?
 
 The authors judged heatmaps by eye; rrf_ray decides with a fixed rule so that a sweep
 gives a number. The heatmap is smoothed with a Gaussian that ignores masked cells

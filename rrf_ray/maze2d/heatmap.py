@@ -1,4 +1,4 @@
-"""Reward heatmaps over the maze (SPEC section 4): where does a learned reward say "good"?
+"""Reward heatmaps over the maze (docs/method.md, Evaluation): where does a learned reward say "good"?
 
 A window's reward is shared by every grid cell the window passes through, so a cell's
 value is the mean reward of the windows that visit it. Each window counts once per

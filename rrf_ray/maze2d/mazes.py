@@ -30,7 +30,7 @@ DEFAULT_LAYOUTS: dict[str, list[str]] = {
     ],
 }
 
-# Goals 1..8 of each maze, (row, column) in maze units (SPEC section 3).
+# Goals 1..8 of each maze, (row, column) in maze units (docs/datasets.md).
 DEFAULT_GOALS: dict[str, list[tuple[float, float]]] = {
     "open": [(1, 1), (1, 5), (1.3, 1.7), (2, 3), (2.3, 4.3), (2.7, 3.1), (3, 1), (3, 5)],
     "umaze": [(1, 1), (1, 2), (1, 3), (1.3, 2.7), (2, 3), (3, 1), (3, 2), (3, 3)],

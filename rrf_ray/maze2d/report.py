@@ -43,7 +43,7 @@ CSV_FIELDS = (["trial_id", "maze", "goal", "goal_row", "goal_col", "seed", "stat
               + PHASE_FIELDS)
 GROUPS = {"open+umaze": ("open", "umaze"), "medium+large": ("medium", "large")}
 
-# The paper's Maze2D numbers (SPEC section 4).
+# The paper's Maze2D numbers (docs/method.md, Evaluation).
 PAPER_RECOVERY = {"open+umaze": "78.75% ± 8.96", "medium+large": "77.50% ± 9.15", "all": "78.12% ± 6.40"}
 PAPER_ACCURACY = {"mean": "83.76%", "median": "84.49%", "range": "65.33–97.26%"}
 NOT_REPORTED = "—"
@@ -426,7 +426,8 @@ def protocol_lines(spec) -> list[str]:
             "`data_seed`; `python -m rrf_ray.maze2d.report --pool OUT DIR...` pools such sweeps.",
             "- **Scored on:** held-out episodes' windows only (never a training window); no rollouts: the reward "
             "is read as a heatmap. A goal is recovered when the smoothed heatmap's peak lies within 0.75 maze "
-            "units of it (SPEC section 4); discriminability is a 1-D logistic regression fit on one held-out half "
+            "units of it (docs/method.md, Evaluation); discriminability is a 1-D logistic regression fit on one "
+            "held-out half "
             "and scored on the other; ERC against −distance-to-goal.",
             "- **Intervals:** goal recovery with a 95% Wilson interval, a failed trial counted as a goal not "
             "recovered; across seeds, rliable's interquartile mean of per-seed rates with a stratified-bootstrap "

@@ -50,7 +50,7 @@ class MazeSpec(Strict):
         return {**raw, "goals": goals, "random_goals": recipe.model_dump()}
 
 class DataSpec(Strict):
-    """Maze2D generation (SPEC section 3): sizes, controller and split."""
+    """Maze2D generation (docs/datasets.md): sizes, controller and split."""
 
     base_transitions: int = Field(10_000_000, gt=0)
     expert_transitions: int = Field(10_000_000, gt=0)
@@ -113,15 +113,15 @@ class ExpertSpec(Strict):
                 else f"trained from scratch for {steps:,} steps")
 
 class EvaluationSpec(Strict):
-    """Held-out scoring (SPEC section 4)."""
+    """Held-out scoring (docs/method.md, Evaluation)."""
 
     horizon: int | None = Field(
         None, gt=0, description="rows of the held-out windows that are scored (default: windows.horizon). "
         "A per-step reward (window_mlp) scores any length; shorter windows give each window's reward to a "
         "shorter stretch of path, so the heatmap resolves the goal instead of smearing it over the span")
     max_windows: int = Field(20_000, gt=0, description="held-out windows scored per dataset (a seeded subsample)")
-    t: int = Field(0, ge=0, description="diffusion step at which the reward scores clean held-out windows (SPEC "
-                   "section 4: 0). The reward is trained at every step; a larger t asks the smoother "
+    t: int = Field(0, ge=0, description="diffusion step at which the reward scores clean held-out windows "
+                   "(docs/method.md, Evaluation: 0). The reward is trained at every step; a larger t asks the smoother "
                    "reward of a noisier step")
 
 class Maze2DSpec(Strict):

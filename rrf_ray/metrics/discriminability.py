@@ -1,4 +1,4 @@
-"""Discriminability (SPEC section 4): can the learned reward alone tell expert windows from base ones?
+"""Discriminability (docs/method.md, Evaluation): can the learned reward alone tell expert windows from base ones?
 
 A 1-D logistic regression on the reward is fitted on one half of a balanced, shuffled
 set of held-out windows and scored on the other half. (The authors scored it on the data

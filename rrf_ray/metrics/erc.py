@@ -1,4 +1,4 @@
-"""Episode Return Correlation (ERC; SPEC section 4, thesis): does the learned reward rank windows like the true one?
+"""Episode Return Correlation (ERC; docs/method.md, Evaluation, thesis): does the learned reward rank windows like the true one?
 
 ERC is the Pearson distance sqrt((1 - r) / 2) between learned and true returns on a
 coverage set: 0 for perfectly correlated, 0.5 for unrelated, 1 for anti-correlated

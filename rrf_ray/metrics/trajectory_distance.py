@@ -1,6 +1,6 @@
 """Distances between a batch of plans and a batch of expert segments: the losses M of Algorithm 4.
 
-SPEC section 8 (thesis Section 2.3.1, eqs. 26 and 58): paired MSE, and the unbiased MMD² between
+docs/irl.md (thesis Section 2.3.1, eqs. 26 and 58): paired MSE, and the unbiased MMD² between
 the two batches as empirical distributions, with a Gaussian-mixture or a Matérn kernel whose
 bandwidth follows the pooled batch's scale. Inputs are (B, K, D) (any (B, ...)), one flattened
 row per sample. Everything is differentiable w.r.t. the plans, also where two rows coincide:
@@ -52,7 +52,7 @@ def gaussian_mixture_kernel(scales: Sequence[float] = GAUSSIAN_SCALES) -> Kernel
     """k(a, b) = sum_s exp(-||a - b||² / (s * m)), m the pooled mean squared pairwise distance (detached).
 
     Several bandwidths around the data's own scale keep the gradient alive whether the plans are
-    far from the segments or already close (SPEC section 8: s in {1/4, 1/2, 1, 2, 4}).
+    far from the segments or already close (docs/irl.md: s in {1/4, 1/2, 1, 2, 4}).
     """
     scales = tuple(float(s) for s in scales)
 

@@ -10,7 +10,7 @@ from rrf_ray.engine.spec import Strict
 
 
 class RewardSpec(Strict):
-    """Relative reward network and its alignment trainer (SPEC section 2)."""
+    """Relative reward network and its alignment trainer (docs/method.md, Models)."""
 
     kind: Literal["window_mlp", "value_unet"] = Field(
         "window_mlp", description="MLP over contiguous sub-windows (Maze2D) or U-Net encoder (locomotion)")
@@ -45,7 +45,7 @@ class RewardSpec(Strict):
 
 
 class PregenSpec(Strict):
-    """Training triples (x_eval, x_t(1), x_t(2)) for the reward (SPEC section 1).
+    """Training triples (x_eval, x_t(1), x_t(2)) for the reward (docs/method.md, Training triples).
 
     algorithm "pregenerate" is Algorithm 2 (both models in lock step from x_T);
     "dataset_noising" is Algorithm 1 (forward-noised dataset windows).

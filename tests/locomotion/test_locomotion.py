@@ -1,4 +1,4 @@
-"""Locomotion steering (SPEC section 5) on real HalfCheetah-v5 data, real Minari, real Ray.
+"""Locomotion steering (docs/locomotion.md) on real HalfCheetah-v5 data, real Minari, real Ray.
 
 The tests make two tiny local Minari datasets themselves: the base from a random policy
 (written with minari.create_dataset_from_buffers), the expert from a scripted gait that runs

@@ -1,4 +1,4 @@
-"""The locomotion protocol (SPEC section 9): settings chosen on selection rollouts, Table 1 from fresh report
+"""The locomotion protocol (docs/method.md, Protocol): settings chosen on selection rollouts, Table 1 from fresh report
 rollouts, steered vs unsteered as a paired difference. Planted results, no rollouts: the report's logic alone."""
 
 import numpy as np

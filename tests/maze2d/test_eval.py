@@ -1,4 +1,4 @@
-"""Maze2D evaluation (SPEC section 4) on real held-out windows, with known rewards instead of a model.
+"""Maze2D evaluation (docs/method.md, Evaluation) on real held-out windows, with known rewards instead of a model.
 
 The true reward (minus the distance to the goal) must pass the goal-recovery rule for
 every default goal; rewards that know nothing about the goal must not. Windows are
@@ -196,7 +196,7 @@ def test_evaluate_reward_writes_heatmap_and_metrics(data, tmp_path):
 
 @pytest.mark.slow
 def test_true_reward_recovers_random_goals_in_every_maze(ray_local, tmp_path):
-    """The success rule (SPEC section 4: sigma 0.25, radius 0.75) is never the limit: rho = -distance
+    """The success rule (docs/method.md, Evaluation: sigma 0.25, radius 0.75) is never the limit: rho = -distance
     to the goal, scored on held-out windows of real base data (D4RL controller, continuous stream,
     the smoke profile's 4-row evaluation windows), recovers >= 95% of 64 random goals per maze."""
     from rrf_ray.maze2d.evaluation import score_windows

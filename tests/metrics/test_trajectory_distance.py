@@ -1,4 +1,4 @@
-"""Trajectory distances used as the losses of inverse RL with one diffuser (SPEC section 8)."""
+"""Trajectory distances used as the losses of inverse RL with one diffuser (docs/irl.md)."""
 
 import math
 
