@@ -10,4 +10,4 @@ from rrf_ray.irl.stages import dry_run, run_sweep
 
 EXPERIMENT = register(Experiment("irl", IRLExperimentSpec, run=run_sweep, describe=dry_run,
                                  write_report=write_report, user_errors=(DatasetError,),
-                                 growable=("seeds", "methods")))
+                                 growable=("seeds", "methods", "nets")))

@@ -1,8 +1,11 @@
-"""The IRL sweep's report, rebuilt from its directory alone: every method in one table, beside the thesis's.
+"""The IRL sweep's report, rebuilt from its directory alone: a protocol card, then every method x net in one
+table beside the thesis's.
 
-Per method (over seeds): true return mean ± std over all rollouts, the normalised return
-(R - R_base) / (R_true - R_base) computed per seed against that seed's base and true-reward
-rollouts, and the ERC of learned rewards. Figures: each method's rollouts from every start
+Per method (x net): the per-seed values and, across seeds (each seed a whole run), the interquartile
+mean with rliable's stratified-bootstrap 95% interval (`rrf_ray.metrics.aggregate`) of the normalised
+return (R - R_base) / (R_oracle - R_base) (each seed against its own base and oracle) and of the ERC,
+and the probability that the method's return beats the base's. Failed trials and non-finite metrics
+are counted and listed, never dropped silently. Figures: each method's rollouts from every start
 point, and the learned rewards' heatmaps next to the true reward's.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +22,15 @@ import numpy as np
 from rrf_ray.engine.atomic import write_atomic
 from rrf_ray.engine.report import save_figure_atomic
 from rrf_ray.irl.spec import THESIS_UMAZE, IRLExperimentSpec
+from rrf_ray.metrics.aggregate import NAN_ESTIMATE, iqm, probability_of_improvement
 
-LABELS = {"base": "Base diffuser", "true_reward": "Base + true reward", "irl_mse": "Algorithm 4, MSE",
-          "irl_mmd_gauss": "Algorithm 4, MMD Gauss", "irl_mmd_matern": "Algorithm 4, MMD Matérn",
-          "bc": "Behaviour cloning", "rrf": "Relative reward (base vs expert diffuser)"}
+LABELS = {"base": "Base diffuser", "true_reward": "Base + true reward: oracle (uses the true reward)",
+          "irl_mse": "Algorithm 4, MSE", "irl_mmd_gauss": "Algorithm 4, MMD Gauss",
+          "irl_mmd_matern": "Algorithm 4, MMD Matérn", "bc": "Behaviour cloning",
+          "rrf": "Relative reward (base vs expert diffuser)"}
+NET_WORDS = {"window": "per-step MLP of the position", "plan": "MLP over the flattened plan"}
+THESIS = {"horizon": 128, "n_timesteps": 64, "train_steps": 2_000_000, "stride": 1, "rollouts": 100,
+          "base_transitions": 1_000_000}
 
 
 def load_results(sweep_dir: Path) -> tuple[IRLExperimentSpec, list[dict]]:
@@ -34,94 +43,251 @@ def load_results(sweep_dir: Path) -> tuple[IRLExperimentSpec, list[dict]]:
     for t in json.loads(table.read_text()):
         path = sweep_dir / "trials" / t["trial_id"] / "result.json"
         result = json.loads(path.read_text()) if path.exists() else {"status": "missing", "metrics": None}
-        rows.append({**t, "status": result.get("status"), "error": result.get("error"),
+        rows.append({"net": None, **t, "status": result.get("status"), "error": result.get("error"),
                      **(result.get("metrics") or {})})
     return spec, rows
 
 
-def normalised_returns(rows: list[dict]) -> dict[tuple[str, int], float]:
-    """(method, seed) -> (R - R_base) / (R_true - R_base) with that seed's base and true-reward means."""
-    by = {(r["method"], r["seed"]): r.get("return_mean") for r in rows if r.get("status") == "ok"}
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def normalised_returns(rows: list[dict]) -> dict[tuple[str, str | None, int], float]:
+    """(method, net, seed) -> (R - R_base) / (R_oracle - R_base) with that seed's base and oracle (true-reward)
+    means; absent where a part is missing, failed or non-finite, or the oracle ties the base."""
+    by = {(r["method"], r.get("net"), r["seed"]): r.get("return_mean") for r in rows if r.get("status") == "ok"}
     out = {}
-    for (method, seed), value in by.items():
-        base, true = by.get(("base", seed)), by.get(("true_reward", seed))
-        if value is None or base is None or true is None or true == base:
+    for (method, net, seed), value in by.items():
+        base, true = by.get(("base", None, seed)), by.get(("true_reward", None, seed))
+        if not (_finite(value) and _finite(base) and _finite(true)) or true == base:
             continue
-        out[method, seed] = (value - base) / (true - base)
+        out[method, net, seed] = (value - base) / (true - base)
     return out
 
 
-def summarise(spec: IRLExperimentSpec, rows: list[dict]) -> list[dict]:
-    """One row per method: pooled return, normalised return and ERC (mean and per seed)."""
+def variants(spec: IRLExperimentSpec) -> list[tuple[str, str | None]]:
+    return [(m, n) for m in spec.active_methods for n in spec.nets_of(m)]
+
+
+def summarise(spec: IRLExperimentSpec, rows: list[dict], reps: int | None = None) -> list[dict]:
+    """One row per method x net: per-seed values, pooled return, IQMs with intervals, P(return > base), and the
+    counts of trials failed (or missing) and of ok trials whose metric is not finite."""
     norm = normalised_returns(rows)
+    kw = {} if reps is None else {"reps": reps}
+    base_returns = [r.get("return_mean") for r in rows if r["method"] == "base" and r.get("status") == "ok"
+                    and _finite(r.get("return_mean"))]
     out = []
-    for method in spec.active_methods:
-        mine = [r for r in rows if r["method"] == method and r.get("status") == "ok"]
+    for method, net in variants(spec):
+        mine = [r for r in rows if r["method"] == method and r.get("net") == net]
+        ok = [r for r in mine if r.get("status") == "ok"]
+        returns = {r["seed"]: r.get("return_mean") for r in ok}
+        finite = [r for r in ok if _finite(r.get("return_mean")) and _finite(r.get("return_std"))]
+        means = np.array([r["return_mean"] for r in finite], dtype=float)
+        stds = np.array([r["return_std"] for r in finite], dtype=float)
         # Pooled over rollouts: the mean of the seeds' means, the std from the seeds' stds and means.
-        means = np.array([r["return_mean"] for r in mine], dtype=float)
-        stds = np.array([r["return_std"] for r in mine], dtype=float)
-        pooled_std = float(np.sqrt(np.mean(stds ** 2 + (means - means.mean()) ** 2))) if len(mine) else float("nan")
-        ercs = [r["erc"] for r in mine if r.get("erc") is not None]
-        norms = [norm[method, r["seed"]] for r in mine if (method, r["seed"]) in norm]
-        out.append({"method": method, "seeds_ok": len(mine), "seeds": len(spec.seeds),
-                    "return_mean": float(means.mean()) if len(mine) else float("nan"), "return_std": pooled_std,
-                    "normalised_return": float(np.mean(norms)) if norms else float("nan"),
-                    "normalised_per_seed": norms, "erc": float(np.mean(ercs)) if ercs else float("nan"),
-                    "erc_per_seed": ercs})
+        pooled_std = float(np.sqrt(np.mean(stds ** 2 + (means - means.mean()) ** 2))) if len(finite) else math.nan
+        normalised = {r["seed"]: norm.get((method, net, r["seed"]), math.nan) for r in ok}
+        ercs = {r["seed"]: r.get("erc") for r in ok} if spec.learns_reward(method) else {}
+        row = {"method": method, "net": net, "trials": len(mine), "ok": len(ok),
+               "failed": [r["trial_id"] for r in mine if r.get("status") != "ok"],
+               "return_mean": float(means.mean()) if len(finite) else math.nan, "return_std": pooled_std,
+               "returns_per_seed": returns, "normalised_per_seed": normalised, "erc_per_seed": ercs,
+               "scales_per_seed": {r["seed"]: r.get("guidance_scale") for r in ok},
+               "nan_return": sorted(s for s, v in returns.items() if not _finite(v)),
+               "nan_normalised": sorted(s for s, v in normalised.items() if not _finite(v)),
+               "nan_erc": sorted(s for s, v in ercs.items() if not _finite(v))}
+        scores = {"normalised": [v for v in normalised.values() if _finite(v)],
+                  "erc": [v for v in ercs.values() if _finite(v)]}
+        est = iqm({k: np.asarray(v, dtype=float) for k, v in scores.items() if v}, **kw)
+        row["normalised_iqm"] = est.get("normalised", NAN_ESTIMATE)
+        row["erc_iqm"] = est.get("erc", NAN_ESTIMATE)
+        mine_returns = [v for v in returns.values() if _finite(v)]
+        row["p_improvement"] = (probability_of_improvement(np.asarray(mine_returns), np.asarray(base_returns), **kw)
+                                if method != "base" and mine_returns and base_returns else NAN_ESTIMATE)
+        out.append(row)
     return out
 
 
-def _f(x: float, digits: int = 1) -> str:
-    return "—" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+def _f(x, digits: int = 1) -> str:
+    return "—" if not _finite(x) else f"{x:.{digits}f}"
+
+
+def _per_seed(values: dict, digits: int) -> str:
+    return ", ".join(f"s{s}: {_f(v, digits) if _finite(v) else 'NaN'}" for s, v in sorted(values.items())) or "—"
+
+
+def _counts(s: dict, nan_key: str) -> str:
+    text = f"{s['ok']}/{s['trials']}"
+    if s["failed"]:
+        text += f", {len(s['failed'])} failed"
+    if s[nan_key]:
+        text += f", {len(s[nan_key])} NaN"
+    return text
+
+
+def _label(method: str, net: str | None) -> str:
+    return LABELS.get(method, method)
+
+
+def _scale_text(spec: IRLExperimentSpec, s: dict) -> str:
+    rule, _ = spec.scale_rule(s["method"])
+    if rule == "none":
+        return "—"
+    if rule != "selected":
+        fixed = f"{spec.guidance_for(s['method']).scale:g}"
+        return {"user": f"{fixed} (fixed by the user, not selected)", "oracle": f"{fixed} (the experts' own)",
+                "configured": f"{fixed} (configured, not selected)"}[rule]
+    chosen = [f"s{seed}: {v:g}" for seed, v in sorted(s["scales_per_seed"].items()) if _finite(v)]
+    return "selected: " + (", ".join(chosen) or "—")
+
+
+def protocol_card(spec: IRLExperimentSpec, rows: list[dict]) -> list[str]:
+    """What was selected on what, what each seed varies, how returns and ERC are measured, and what differs
+    from the thesis: the facts a reader needs before the numbers."""
+
+    e, v, irl, w = spec.experts, spec.evaluation, spec.irl, spec.windows
+    n_eval = len(v.starts) * v.rollouts_per_start
+    lines = ["## Protocol card", "",
+             f"- **Seeds** {spec.seeds}: each a whole run. Seed s has its own base data (generated with "
+             f"data seed {spec.data_seed} + s), its own base diffuser (trained with seed s), its own expert "
+             f"demonstrations (its base guided by the true reward; noise seed {e.seed} + s, selection-only "
+             f"ones {e.selection_seed} + s), its own learned rewards and policies (seed s) and its own rollouts.",
+             ]
+    if e.dataset is None:
+        lines.append(f"- **Experts** per seed: training {len(e.starts)} starts × {e.rollouts_per_start} rollouts × "
+                     f"{e.steps} steps, guided by the true reward at scale {e.guidance.scale:g}; **selection-only** "
+                     f"{len(e.starts)} starts × {e.selection_rollouts_per_start} rollouts (their own Minari dataset "
+                     "and noise seed): no method trains on them (not BC, not Algorithm 4, not the relative reward's "
+                     "expert diffuser or triples); only the guidance-scale selection reads them.")
+    else:
+        lines.append(f"- **Experts**: the Minari dataset {e.dataset!r}, the same for every seed; its last "
+                     f"{e.n_selection_episodes()} episodes are **selection-only** (no method trains on them).")
+    lines += ["- **Guidance scales** (the report rollouts run once per trial, at this scale):"]
+    lines += [f"  - {_label(m, None)}: {spec.describe_scale(m)}" for m in spec.active_methods]
+    if any(spec.scale_rule(m)[0] == "selected" for m in spec.active_methods):
+        lines.append(f"  - Selection criterion: the mean squared distance over the first K = {irl.segment_steps} rows "
+                     f"(every {w.stride} steps; columns {irl.compare_dims or 'all'}) between the base's plans guided "
+                     "by the learned reward, each conditioned on the first state of a held-out expert segment, and "
+                     "that segment; every candidate draws the same noise (seed selection.seed + s = "
+                     f"{[spec.selection_seed(s) for s in spec.seeds]}, not a report-rollout seed); the least wins. "
+                     "It reads neither the true reward nor the report rollouts.")
+    if "true_reward" in spec.active_methods:
+        lines.append("  - The oracle (base + true reward) uses the true reward, at the demonstrators' own guidance "
+                     f"(experts.guidance, scale {spec.guidance_for('true_reward').scale:g}).")
+    lines += [f"- **Nets** {spec.nets} (each reward-learning method runs at each; base, oracle and BC have none):"]
+    for net in spec.nets:
+        a4 = spec.irl_spec(net)
+        r = spec.rrf_reward(net)
+        a4_text = (f"per-step MLP {a4.hidden} (ReLU) of columns {a4.input_dims}, averaged over rows" if net == "window"
+                   else f"MLP {a4.hidden} (ReLU) over the flattened {w.horizon}-row plan")
+        r_text = (f"{r.kind}, {r.model_horizon}-step blocks of columns {r.input_dims or 'all'}, hidden {r.hidden} "
+                  "(Mish), with a diffusion-step embedding")
+        lines.append(f"  - {net} ({NET_WORDS[net]}): Algorithm 4 {a4_text}; relative reward {r_text}.")
+    lines += [f"- **Report rollouts** per method and seed: {len(v.starts)} starts × {v.rollouts_per_start} rollouts "
+              f"× "
+              f"{v.steps} steps = {n_eval} rollouts, in the real PointMaze, scored by the true reward; environment "
+              f"seed {v.seed} + s, planner noise seed s. **Re-planning**, not open-loop: a receding horizon that "
+              f"plans, executes the plan's first action and re-plans every {v.replan_every} step(s).",
+              "- **Normalisation**: (R − R_base)/(R_oracle − R_base) per seed, against that seed's base and "
+              "oracle. "
+              "Across seeds: the interquartile mean with rliable's stratified-bootstrap 95% interval (no interval "
+              "with one seed), and P(return > base's) over the seeds' mean returns (rliable).",
+              f"- **ERC** (Pearson distance, lower is better) between learned and true returns of {v.erc_windows} "
+              f"{w.horizon}-row windows drawn uniformly across the held-out episodes of that seed's base data (the "
+              "coverage set: reward-agnostic data no reward trained on)."]
+    diffs = []
+    for what, mine, thesis in (("planning horizon H", w.horizon, THESIS["horizon"]),
+                               ("diffusion steps T", spec.diffusion.n_timesteps, THESIS["n_timesteps"]),
+                               ("base training steps", spec.diffusion.train_steps, THESIS["train_steps"]),
+                               ("time stride", w.stride, THESIS["stride"]),
+                               ("base transitions", spec.data.base_transitions, THESIS["base_transitions"]),
+                               ("report rollouts per seed", n_eval, THESIS["rollouts"])):
+        if mine != thesis:
+            diffs.append(f"{what} {mine:,} (thesis {thesis:,})")
+    diffs.append("ERC on held-out base windows across episodes (the thesis: 100 overlapping windows of one episode)")
+    diffs.append("learned rewards' guidance scales selected on held-out expert segments, each seed a whole run")
+    lines.append("- **Differs from the thesis**: " + "; ".join(diffs) + ".")
+    return lines
 
 
 def render_markdown(spec: IRLExperimentSpec, rows: list[dict], summary: list[dict], figures: list[str]) -> str:
-    e, v, tr = spec.experts, spec.evaluation, spec.true_reward
+    tr = spec.true_reward
     lines = [f"# IRL sweep `{spec.name}`: {spec.maze_name}", "",
              f"True reward per step: {tr.offset:g} + {tr.weights[0]:g}·x + {tr.weights[1]:g}·y (x = column + 0.5, "
-             "y = row + 0.5 from the top-left corner, walls included).",
-             f"Experts: {'the Minari dataset ' + repr(e.dataset) if e.dataset else f'{len(e.starts)} starts x {e.rollouts_per_start} rollouts x {e.steps} steps of the base guided by the true reward'}. "
-             f"Evaluation: {len(v.starts)} starts x {v.rollouts_per_start} rollouts x {v.steps} steps per seed "
-             f"(seeds {spec.seeds}); ERC on {v.erc_windows} held-out base windows.", "",
-             "| method | return (mean ± std) | normalised return | ERC | seeds | thesis return (U-maze) | thesis ERC |",
-             "|---|---|---|---|---|---|---|"]
+             "y = row + 0.5 from the top-left corner, walls included).", ""]
+    lines += protocol_card(spec, rows)
+    lines += ["", "## Behaviour", "",
+              "| method | net | guidance scale | return (mean ± std) | normalised, per seed | normalised IQM [95% CI] "
+              "| P(return > base) [95% CI] | trials ok | thesis return (U-maze) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
-        thesis = THESIS_UMAZE.get(s["method"])
+        thesis = THESIS_UMAZE.get(s["method"]) if s["net"] in (None, "plan") else None
         t_ret = f"{thesis[0]:.1f} ± {thesis[1]:.1f}" if thesis else "—"
-        t_erc = f"{thesis[2]:.3f}" if thesis and thesis[2] is not None else "—"
-        per_seed = ", ".join(f"{x:.2f}" for x in s["normalised_per_seed"])
-        norm = _f(s["normalised_return"], 2) + (f" ({per_seed})" if len(s["normalised_per_seed"]) > 1 else "")
-        ercs = ", ".join(f"{x:.3f}" for x in s["erc_per_seed"])
-        erc = _f(s["erc"], 3) + (f" ({ercs})" if len(s["erc_per_seed"]) > 1 else "")
-        lines.append(f"| {LABELS.get(s['method'], s['method'])} | {_f(s['return_mean'])} ± {_f(s['return_std'])} "
-                     f"| {norm} | {erc} | {s['seeds_ok']}/{s['seeds']} | {t_ret} | {t_erc} |")
-    lines += ["", "Thesis returns are its Table 1 (its own rollout length and coordinates); compare normalised "
-              "returns, not raw ones. Normalised return = (R − R_base)/(R_true − R_base) per seed."]
+        poi = s["p_improvement"].format() if s["method"] != "base" else "—"
+        lines.append(f"| {_label(s['method'], s['net'])} | {s['net'] or '—'} | {_scale_text(spec, s)} "
+                     f"| {_f(s['return_mean'])} ± {_f(s['return_std'])} | {_per_seed(s['normalised_per_seed'], 2)} "
+                     f"| {s['normalised_iqm'].format()} | {poi} | {_counts(s, 'nan_normalised')} | {t_ret} |")
+    learned = [s for s in summary if spec.learns_reward(s["method"])]
+    if learned:
+        lines += ["", "## Reward quality (ERC, lower is better)", "",
+                  "| method | net | ERC, per seed | ERC IQM [95% CI] | trials ok | thesis ERC |",
+                  "|---|---|---|---|---|---|"]
+        for s in learned:
+            thesis = THESIS_UMAZE.get(s["method"]) if s["net"] == "plan" else None
+            t_erc = f"{thesis[2]:.3f}" if thesis and thesis[2] is not None else "—"
+            lines.append(f"| {_label(s['method'], s['net'])} | {s['net']} | {_per_seed(s['erc_per_seed'], 3)} "
+                         f"| {s['erc_iqm'].format(3)} | {_counts(s, 'nan_erc')} | {t_erc} |")
+    lines += ["", "Thesis figures are its Table 1 (its own rollout length and coordinates, the plan net); compare "
+              "normalised returns, not raw ones. \"NaN\": a finished trial whose value is not finite (counted, not "
+              "averaged); the IQM is over the finite ones."]
+    selected = [r for r in rows if r.get("status") == "ok" and r.get("selection_candidates")]
+    if selected:
+        lines += ["", "## Guidance-scale selection (on held-out expert segments; no true reward)", "",
+                  "| trial | candidate → distance | unguided | chosen |", "|---|---|---|---|"]
+        for r in selected:
+            table = ", ".join(f"{c:g} → {_f(d, 4) if _finite(d) else 'NaN'}"
+                              for c, d in zip(r["selection_candidates"], r["selection_distances"]))
+            lines.append(f"| {r['trial_id']} | {table} | {_f(r.get('selection_unguided'), 4)} "
+                         f"| {r.get('guidance_scale', math.nan):g} |")
     if "rrf" in spec.active_methods:
         g = spec.guidance_for("rrf")
-        how = (f"the step mean moved once by {g.scale:g} × ∇ρ taken at {g.grad_at}" if g.form == "mean_shift" else
-               f"Janner's guidance, x moved by {g.scale:g} × {'variance × ' if g.scale_grad_by_std else ''}∇ρ "
+        how = (f"the step mean moved once by ω × ∇ρ taken at {g.grad_at}" if g.form == "mean_shift" else
+               f"Janner's guidance, x moved by ω × {'variance × ' if g.scale_grad_by_std else ''}∇ρ "
                f"({g.n_guide_steps} step(s)) at x_t")
-        fit = [r.get("reward_val_cosine") for r in rows if r.get("method") == "rrf" and r.get("status") == "ok"]
-        fit = [f"{x:.3f}" for x in fit if x is not None]
+        fit = [f"{r['trial_id']} {r['reward_val_cosine']:.3f}" for r in rows
+               if r.get("method") == "rrf" and r.get("status") == "ok" and _finite(r.get("reward_val_cosine"))]
         lines += ["", f"Relative reward: triples by {spec.rrf.pregen.describe()}; rollouts guided by {how}, "
                   f"from t = {g.t_stopgrad} up. Gradient cosine on held-out episodes' triples: "
                   f"{', '.join(fit) if fit else '—'}."]
     base = next((s for s in summary if s["method"] == "base"), None)
     true = next((s for s in summary if s["method"] == "true_reward"), None)
-    if base and true and np.isfinite(base["return_mean"]) and np.isfinite(true["return_mean"]):
+    if base and true and _finite(base["return_mean"]) and _finite(true["return_mean"]):
         gap = true["return_mean"] - base["return_mean"]
         if gap <= max(base["return_std"], true["return_std"]):
             lines += ["", f"**Warning:** the true reward's guided rollouts beat the unguided base by only {gap:.1f} "
                       "(less than a standard deviation): the protocol cannot separate methods; raise the "
                       "guidance scale or the planning horizon."]
     failed = [r for r in rows if r.get("status") != "ok"]
-    if failed:
-        lines += ["", "## Trials without a result", ""]
-        lines += [f"- {r['trial_id']}: {r.get('status')} {str(r.get('error') or '')[:300]}" for r in failed]
+    lines += ["", f"## Trials without a result: {len(failed)} of {len(rows)}", ""]
+    lines += [f"- {r['trial_id']}: {r.get('status')} {str(r.get('error') or '')[:300]}" for r in failed] or ["None."]
+    nan = [(r["trial_id"], k) for r in rows if r.get("status") == "ok"
+           for k in ("return_mean", "return_std", "erc", "guidance_scale") if k in r and not _finite(r[k])]
+    if nan:
+        lines += ["", f"## Non-finite metrics: {len(nan)}", ""] + [f"- {t}: {k}" for t, k in nan]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def _first_seed_trials(sweep_dir: Path, spec: IRLExperimentSpec, rows: list[dict], filename: str):
+    """(label, path) of `filename` in each method x net's trial of the first seed, where it exists."""
+    seed = spec.seeds[0]
+    out = []
+    for r in rows:
+        if r["seed"] == seed and (sweep_dir / "trials" / r["trial_id"] / filename).exists():
+            out.append((r["method"] if r.get("net") is None else f"{r['method']} ({r['net']})",
+                        sweep_dir / "trials" / r["trial_id"] / filename))
+    return out
 
 
 def rollouts_figure(sweep_dir: Path, spec: IRLExperimentSpec, rows: list[dict]):
@@ -130,15 +296,13 @@ def rollouts_figure(sweep_dir: Path, spec: IRLExperimentSpec, rows: list[dict]):
     from matplotlib.patches import Rectangle
 
     maze = spec.maze()
-    seed = spec.seeds[0]
-    methods = [m for m in spec.active_methods
-               if (sweep_dir / "trials" / f"{m}-seed{seed}" / "rollouts.npz").exists()]
+    methods = _first_seed_trials(sweep_dir, spec, rows, "rollouts.npz")
     if not methods:
         return None
     starts = np.asarray(spec.evaluation.starts, dtype=float)
     fig = Figure(figsize=(1.6 * len(starts) + 1.5, 1.6 * len(methods) + 0.4))
-    for i, m in enumerate(methods):
-        data = np.load(sweep_dir / "trials" / f"{m}-seed{seed}" / "rollouts.npz")
+    for i, (m, path) in enumerate(methods):
+        data = np.load(path)
         for j, s in enumerate(starts):
             ax = fig.add_subplot(len(methods), len(starts), i * len(starts) + j + 1)
             for r, row in enumerate(maze.layout):
@@ -163,16 +327,14 @@ def rollouts_figure(sweep_dir: Path, spec: IRLExperimentSpec, rows: list[dict]):
     return fig
 
 
-def heatmaps_figure(sweep_dir: Path, spec: IRLExperimentSpec):
+def heatmaps_figure(sweep_dir: Path, spec: IRLExperimentSpec, rows: list[dict]):
     """The true reward and each learned reward (first seed) over the maze."""
     from matplotlib.figure import Figure
 
     from rrf_ray.irl.true_reward import LinearMazeReward
     from rrf_ray.maze2d.heatmap import Heatmap, plot_heatmap
 
-    seed = spec.seeds[0]
-    maps = [(m, sweep_dir / "trials" / f"{m}-seed{seed}" / "heatmap.npz") for m in spec.active_methods]
-    maps = [(m, p) for m, p in maps if p.exists()]
+    maps = _first_seed_trials(sweep_dir, spec, rows, "heatmap.npz")
     if not maps:
         return None
     maze = spec.maze()
@@ -188,25 +350,27 @@ def heatmaps_figure(sweep_dir: Path, spec: IRLExperimentSpec):
     return fig
 
 
-def write_report(sweep_dir) -> Path:
+def write_report(sweep_dir, reps: int | None = None) -> Path:
+    """report.md, results.csv and figures/ of a sweep directory; `reps`: bootstrap resamples (default
+    rrf_ray.metrics.aggregate's)."""
     sweep_dir = Path(sweep_dir)
     spec, rows = load_results(sweep_dir)
-    summary = summarise(spec, rows)
+    summary = summarise(spec, rows, reps)
     figures = []
     for name, build in (("rollouts", lambda: rollouts_figure(sweep_dir, spec, rows)),
-                        ("heatmaps", lambda: heatmaps_figure(sweep_dir, spec))):
+                        ("heatmaps", lambda: heatmaps_figure(sweep_dir, spec, rows))):
         fig = build()
         if fig is not None:
             save_figure_atomic(fig, sweep_dir / "figures" / f"{name}.png")
             figures.append(f"figures/{name}.png")
     buf = io.StringIO()
-    fields = ["trial_id", "method", "seed", "status", "return_mean", "return_std", "normalised_return", "erc",
-              "n_rollouts", "learn_s", "rollouts_s", "erc_s"]
+    fields = ["trial_id", "method", "net", "seed", "status", "guidance_scale", "scale_rule", "return_mean",
+              "return_std", "normalised_return", "erc", "n_rollouts", "selection_s", "learn_s", "rollouts_s", "erc_s"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     norm = normalised_returns(rows)
     for r in rows:
-        writer.writerow({**r, "normalised_return": norm.get((r["method"], r["seed"]))})
+        writer.writerow({**r, "normalised_return": norm.get((r["method"], r.get("net"), r["seed"]))})
     write_atomic(sweep_dir / "results.csv", buf.getvalue())
     path = write_atomic(sweep_dir / "report.md", render_markdown(spec, rows, summary, figures))
     return Path(path)

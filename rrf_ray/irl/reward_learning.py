@@ -130,19 +130,13 @@ def train_irl_reward(segments: np.ndarray, base_dir, spec: Algorithm4Spec, metri
     return fit_training_run(train_loop_per_worker, job, resources, storage_path, name, max_failures, callbacks)
 
 
-@torch.no_grad()
 def segment_mse(model, segments: np.ndarray, reward, guidance, k: int, dims=None, seed: int = 0) -> tuple[float, float]:
     """K-row MSE of plans from the segments' first states to the segments: (guided by `reward`, unguided).
 
     Both draw the same noise, so the difference is the guide's doing alone: learning has moved the
     base's plans towards the experts when the first is below the second.
     """
-    seg = torch.as_tensor(np.asarray(segments), dtype=torch.float32)
-    dims = list(range(seg.shape[-1])) if dims is None else dims
-    cond = {0: seg[:, 0, model.action_dim:]}
-    out = []
-    for guide in (reward, None):
-        generator = torch.Generator().manual_seed(seed)
-        plans = model.sample(len(seg), cond, guide, guidance if guide is not None else None, generator=generator).x
-        out.append(float(((plans[:, :k, dims] - seg[:, :, dims]) ** 2).mean()))
-    return out[0], out[1]
+    from rrf_ray.irl.selection import plan_distance
+
+    return (plan_distance(model, segments, reward, guidance, k, dims, seed),
+            plan_distance(model, segments, None, None, k, dims, seed))

@@ -3,11 +3,17 @@
 Inverse RL with one diffuser (thesis Algorithm 4, SPEC section 8) head to head with the relative
 reward on the same task: a base diffuser of reward-agnostic Maze2D data, expert rollouts of that
 base guided by a known linear reward, and rewards learned back from the experts.
+
+Each entry of `seeds` is a whole run (its own base data, base diffuser, experts, learned parts and
+rollouts); each reward-learning method runs once per entry of `nets` (the reward's architecture);
+each learned reward's guidance scale is selected without the true reward (`selection`), on expert
+episodes that no method trains on (`experts.selection_rollouts_per_start`). docs/irl-protocol.md.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -20,6 +26,9 @@ from rrf_ray.rrf.spec import PregenSpec, RewardSpec
 
 Metric = Literal["mse", "mmd_gauss", "mmd_matern"]
 Method = Literal["base", "true_reward", "irl_mse", "irl_mmd_gauss", "irl_mmd_matern", "bc", "rrf"]
+Net = Literal["window", "plan"]
+LEARNED_REWARDS = ("irl_mse", "irl_mmd_gauss", "irl_mmd_matern", "rrf")  # the methods with a net and a selection
+WINDOW_INPUT_DIMS = [2, 3]  # the ball's position in a Maze2D row [action (2) | x, y, vx, vy]
 THESIS_UMAZE = {  # its Table 1 (U-maze): return mean, std, ERC
     "base": (2709.87, 199.81, None), "true_reward": (3569.82, 243.84, None),
     "irl_mse": (3578.47, 237.46, 0.689), "irl_mmd_gauss": (3563.60, 262.15, 0.652),
@@ -54,11 +63,42 @@ class RolloutSpec(Strict):
 
 
 class ExpertDataSpec(RolloutSpec):
-    """The expert demonstrations: the base guided by the true reward, or a local Minari dataset."""
+    """The expert demonstrations: the base guided by the true reward, or a local Minari dataset.
+
+    Two sets per run seed s: the training demonstrations (`rollouts_per_start` per start, noise seed
+    `seed` + s), which BC, Algorithm 4 and the relative reward's expert diffuser learn from, and the
+    selection-only demonstrations (`selection_rollouts_per_start` per start, noise seed
+    `selection_seed` + s, a Minari dataset of their own), which only the guidance-scale selection reads.
+    """
 
     dataset: str | None = Field(None, description="a local Minari dataset id to use instead (a user's own demos)")
     guidance: GuidanceSpec = Field(default_factory=lambda: GuidanceSpec(scale=0.1, n_guide_steps=2, t_stopgrad=2))
     seed: int = 0
+    selection_rollouts_per_start: int = Field(
+        1, ge=0, description="held-out expert rollouts per start that only the guidance-scale selection reads "
+        "(0: none, then no scale can be selected); with `dataset`, the dataset's last "
+        "selection_rollouts_per_start x len(starts) episodes are held out instead")
+    selection_seed: int = Field(100, description="noise seed of the selection-only rollouts (+ the run seed); "
+                                "must differ from `seed`")
+
+    TRAINING_FIELDS: ClassVar[tuple[str, ...]] = ("starts", "rollouts_per_start", "steps", "replan_every", "dataset",
+                                                  "guidance", "seed")
+
+    def training(self, run_seed: int) -> "ExpertDataSpec":
+        """The training demonstrations of run seed `run_seed`."""
+        return self.model_copy(update={"seed": self.seed + run_seed})
+
+    def selection(self, run_seed: int) -> "ExpertDataSpec":
+        """The selection-only demonstrations of run seed `run_seed`: their own rollouts, their own seed."""
+        return self.model_copy(update={"seed": self.selection_seed + run_seed,
+                                       "rollouts_per_start": max(1, self.selection_rollouts_per_start)})
+
+    def fingerprint(self) -> dict:
+        """What determines one set's rollouts (the selection fields apart: they make the other set)."""
+        return self.model_dump(mode="json", include=set(self.TRAINING_FIELDS))
+
+    def n_selection_episodes(self) -> int:
+        return self.selection_rollouts_per_start * len(self.starts)
 
     def segments_per_rollout(self, stride: int, k: int) -> int:
         """Algorithm 5's K-row segments of one rollout, cut from each phase of the stride."""
@@ -83,12 +123,16 @@ class Algorithm4Spec(Strict):
     metrics: list[Metric] = Field(default_factory=lambda: ["mse", "mmd_gauss", "mmd_matern"], min_length=1)
     matern_nu: Literal[0.5, 1.5] = 0.5
     compare_dims: list[int] | None = Field(None, min_length=1, description="columns of each row the loss compares "
-                                           "(None: all of [action | observation])")
+                                           "(None: all of [action | observation]); also the selection's distance")
     net: Literal["plan_mlp", "window_mlp"] = Field(
         "plan_mlp", description="plan_mlp: the thesis's MLP over the flattened plan; window_mlp: a per-step MLP "
-        "of input_dims, averaged over the plan's rows")
-    input_dims: list[int] | None = Field(None, min_length=1, description="window_mlp: columns it sees")
-    hidden: list[int] = Field(default_factory=lambda: [384, 128, 64], min_length=1)
+        "of input_dims, averaged over the plan's rows. A sweep sets it per entry of `nets` (window: window_mlp, "
+        "plan: plan_mlp)")
+    input_dims: list[int] | None = Field(None, min_length=1, description="columns the net sees (None: all); a "
+                                         "sweep's window net sees these (None there: [2, 3], the position), "
+                                         "its plan net all columns")
+    hidden: list[int] = Field(default_factory=lambda: [384, 128, 64], min_length=1, description="the plan net's "
+                              "widths (a sweep's window net takes rrf.reward.hidden, the same for both methods)")
     guidance: GuidanceSpec = Field(default_factory=lambda: GuidanceSpec(scale=0.1, n_guide_steps=2, t_stopgrad=2))
     backprop_steps: int | None = Field(None, gt=0, description="gradients through the last k reverse steps "
                                        "(None: all T, the thesis)")
@@ -99,11 +143,9 @@ class Algorithm4Spec(Strict):
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(50, gt=0)
 
-    @model_validator(mode="after")
-    def _inputs_fit_the_net(self) -> Algorithm4Spec:
-        if self.net == "plan_mlp" and self.input_dims is not None:
-            raise ValueError("input_dims is for net: window_mlp (plan_mlp sees the whole plan)")
-        return self
+    @property
+    def window_input_dims(self) -> list[int]:
+        return list(self.input_dims) if self.input_dims is not None else list(WINDOW_INPUT_DIMS)
 
 
 class BCSpec(Strict):
@@ -131,10 +173,36 @@ class EvaluationSpec(RolloutSpec):
     """One protocol for every method: guided rollouts from `starts`, ERC on held-out base windows."""
 
     guidance_scales: dict[str, float] = Field(
-        default_factory=dict, description="guidance scale per method (default: irl.guidance's); the relative "
-        "reward's scale differs by its construction")
+        default_factory=dict, description="a user's fixed guidance scale per method, overriding the selection "
+        "(the report says: fixed by the user, not selected). No shipped profile sets one")
     erc_windows: int = Field(2000, gt=1, description="held-out base windows, drawn across episodes")
-    seed: int = 1000
+    seed: int = Field(1000, description="the report rollouts' environment seed is seed + the run seed")
+
+
+class SelectionSpec(Strict):
+    """How each learned reward's guidance scale is chosen, without the true reward and without the report
+    rollouts: among `scales[method]`, the scale whose guided base plans (from the first state of each
+    held-out expert segment, noise seed `seed` + the run seed, the same noise for every candidate) come
+    closest (K-row MSE over irl.compare_dims, K = irl.segment_steps) to the selection-only expert segments
+    (experts.selection_rollouts_per_start). A learned method without candidates keeps its configured scale."""
+
+    scales: dict[str, list[float]] = Field(
+        default_factory=dict, description="candidate scales per learned method (irl_mse, irl_mmd_gauss, "
+        "irl_mmd_matern, rrf); e.g. {rrf: [3, 10, 30, 100, 300]}")
+    seed: int = Field(2000, description="the selection's sampling noise seed (+ the run seed); must differ from "
+                      "the report rollouts' seeds (evaluation.seed + seed, and the planners' noise seed = seed)")
+
+    @field_validator("scales")
+    @classmethod
+    def _candidates(cls, scales: dict[str, list[float]]) -> dict[str, list[float]]:
+        for method, values in scales.items():
+            if not values:
+                raise ValueError(f"selection.scales.{method}: no candidates (leave the method out to keep its "
+                                 "configured scale)")
+            if len(set(values)) != len(values) or not all(math.isfinite(v) and v >= 0 for v in values):
+                raise ValueError(f"selection.scales.{method}: candidates must be distinct finite scales >= 0, "
+                                 f"got {values}")
+        return scales
 
 
 class IRLExperimentSpec(Strict):
@@ -147,9 +215,13 @@ class IRLExperimentSpec(Strict):
     true_reward: TrueRewardSpec = Field(default_factory=TrueRewardSpec)
     methods: list[Method] = Field(default_factory=lambda: ["base", "true_reward", "irl_mse", "irl_mmd_gauss",
                                                            "irl_mmd_matern", "bc", "rrf"], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    nets: list[Net] = Field(default_factory=lambda: ["window", "plan"], min_length=1, description="reward "
+                            "architectures every reward-learning method runs at: window = a per-step MLP of the "
+                            "position, plan = an MLP over the flattened plan")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="each a whole run: "
+                             "its own base data, base diffuser, experts, learned parts and rollouts")
     data: DataSpec = Field(default_factory=DataSpec)
-    data_seed: int = 0
+    data_seed: int = Field(0, description="run seed s generates its base data with data_seed + s")
     windows: WindowSpec = Field(default_factory=lambda: WindowSpec(horizon=128, stride=1, pad_end=True))
     diffusion: DiffusionSpec = Field(default_factory=lambda: DiffusionSpec(n_timesteps=64))
     experts: ExpertDataSpec = Field(default_factory=lambda: ExpertDataSpec(
@@ -159,6 +231,7 @@ class IRLExperimentSpec(Strict):
     rrf: RRFSpec = Field(default_factory=RRFSpec)
     evaluation: EvaluationSpec = Field(default_factory=lambda: EvaluationSpec(
         starts=[(1, 1), (1, 2), (3, 1), (3, 2), (1, 3)], rollouts_per_start=20, steps=300))
+    selection: SelectionSpec = Field(default_factory=SelectionSpec)
     estimate: EstimateSpec = Field(default_factory=EstimateSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
 
@@ -178,6 +251,28 @@ class IRLExperimentSpec(Strict):
         bad = sorted(set(self.evaluation.guidance_scales) - set(self.methods))
         if bad:
             raise ValueError(f"evaluation.guidance_scales names methods not in methods: {bad}")
+        for field, values in (("seeds", self.seeds), ("nets", self.nets), ("methods", self.methods)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"{field} repeats an entry: {values}")
+        bad = sorted(set(self.selection.scales) - set(LEARNED_REWARDS))
+        if bad:
+            raise ValueError(f"selection.scales names {bad}: only a learned reward's scale is selected "
+                             f"({', '.join(LEARNED_REWARDS)}); the oracle keeps experts.guidance")
+        bad = sorted(set(self.selection.scales) - set(self.methods))
+        if bad:
+            raise ValueError(f"selection.scales names methods not in methods: {bad}")
+        if any(self.scale_rule(m)[0] == "selected" for m in self.active_methods) and \
+                self.experts.selection_rollouts_per_start == 0:
+            raise ValueError("selection.scales needs held-out expert episodes: set "
+                             "experts.selection_rollouts_per_start >= 1")
+        if self.experts.selection_seed == self.experts.seed:
+            raise ValueError(f"experts.selection_seed {self.experts.selection_seed} equals experts.seed: the "
+                             "selection-only rollouts must draw their own noise")
+        report = {self.evaluation.seed + s for s in self.seeds} | set(self.seeds)
+        clash = sorted(report & {self.selection_seed(s) for s in self.seeds})
+        if clash:
+            raise ValueError(f"selection.seed {self.selection.seed} gives selection noise seeds {clash} that the "
+                             "report rollouts also use (evaluation.seed + seed, and each seed itself)")
         return self
 
     def maze(self) -> Maze:
@@ -191,12 +286,79 @@ class IRLExperimentSpec(Strict):
         """Methods to run: `methods`, the IRL ones limited to irl.metrics."""
         return [m for m in self.methods if self.irl_metric(m) is None or self.irl_metric(m) in self.irl.metrics]
 
-    def guidance_for(self, method: str) -> GuidanceSpec:
-        """The guidance a method's rollouts use: the experts' for the true reward, irl.guidance's otherwise,
-        with evaluation.guidance_scales overriding the scale."""
+    def guidance_for(self, method: str, scale: float | None = None) -> GuidanceSpec:
+        """The guidance a method's rollouts use: the experts' for the true reward (the oracle), rrf.guidance
+        (if set) for the relative reward, irl.guidance's otherwise; the scale is `scale` when given (a
+        selected one), else evaluation.guidance_scales' (a user's), else the configured one."""
         g = self.experts.guidance if method == "true_reward" else self.irl.guidance
         if method == "rrf" and self.rrf.guidance is not None:
             g = self.rrf.guidance
+        if scale is not None:
+            return g.model_copy(update={"scale": float(scale)})
         if method in self.evaluation.guidance_scales:
             g = g.model_copy(update={"scale": self.evaluation.guidance_scales[method]})
         return g
+
+    def scale_rule(self, method: str) -> tuple[str, list[float] | None]:
+        """How a method's guidance scale is set: ("none", None) for the unguided base and BC; ("user", None):
+        fixed by evaluation.guidance_scales; ("oracle", None): the demonstrators' own (experts.guidance);
+        ("selected", candidates): selection.scales; ("configured", None): the method's configured scale."""
+        if method in ("base", "bc"):
+            return "none", None
+        if method in self.evaluation.guidance_scales:
+            return "user", None
+        if method == "true_reward":
+            return "oracle", None
+        if method in self.selection.scales:
+            return "selected", list(self.selection.scales[method])
+        return "configured", None
+
+    # -- the axes: nets and run seeds ------------------------------------------------------
+
+    def learns_reward(self, method: str) -> bool:
+        return method in LEARNED_REWARDS
+
+    def nets_of(self, method: str) -> list[str | None]:
+        """A reward-learning method runs at every net; the others have none (one row each)."""
+        return list(self.nets) if self.learns_reward(method) else [None]
+
+    def irl_spec(self, net: str) -> Algorithm4Spec:
+        """Algorithm 4 at net `net`. window: a per-step MLP of irl.input_dims (the position by default) with the
+        relative reward's window widths (rrf.reward.hidden); plan: the thesis's MLP over the flattened plan
+        (irl.hidden). Each net has the same widths for both methods."""
+        if net == "window":
+            return self.irl.model_copy(update={"net": "window_mlp", "input_dims": self.irl.window_input_dims,
+                                               "hidden": list(self.rrf.reward.hidden)})
+        return self.irl.model_copy(update={"net": "plan_mlp", "input_dims": None})
+
+    def rrf_reward(self, net: str) -> RewardSpec:
+        """The relative reward's net at `net`: window = rrf.reward as configured; plan = a window_mlp over the
+        whole plan (model_horizon = the planning horizon, every column) with Algorithm 4's hidden widths."""
+        if net == "window":
+            return self.rrf.reward
+        return self.rrf.reward.model_copy(update={"kind": "window_mlp", "model_horizon": self.windows.horizon,
+                                                  "input_dims": None, "hidden": list(self.irl.hidden)})
+
+    def data_seed_of(self, seed: int) -> int:
+        """The base data's generation seed of run seed `seed`."""
+        return self.data_seed + seed
+
+    def selection_seed(self, seed: int) -> int:
+        """The selection's sampling noise seed of run seed `seed`."""
+        return self.selection.seed + seed
+
+    def describe_scale(self, method: str) -> str:
+        """How a method's rollout guidance scale is set, in words (dry run and report)."""
+        rule, candidates = self.scale_rule(method)
+        g = self.guidance_for(method)
+        if rule == "none":
+            return "unguided" if method == "base" else "no guidance (a policy)"
+        if rule == "configured":
+            where = ("rrf.guidance" if method == "rrf" and self.rrf.guidance is not None else
+                     "irl.guidance: Algorithm 4's training scale" if self.irl_metric(method) else "irl.guidance")
+            return f"{g.scale:g}, configured ({where}), not selected"
+        return {"oracle": f"{g.scale:g} = experts.guidance (the demonstrators' own; oracle: uses the true reward)",
+                "user": f"{g.scale:g}, fixed by the user (evaluation.guidance_scales), not selected",
+                "selected": f"selected from {', '.join(f'{c:g}' for c in candidates or [])} by the distance to held-out "
+                            f"expert segments (selection noise seeds {[self.selection_seed(s) for s in self.seeds]})",
+                }[rule]
