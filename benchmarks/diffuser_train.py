@@ -66,7 +66,7 @@ def main() -> None:
     bare_after = bare_samples_per_s(windows, spec, args.steps, warmup)
     bare = (bare + bare_after) / 2  # bracket the Ray run: these machines are noisy
 
-    paper = DiffusionSpec()  # sweeps/maze2d.yaml's model: H = 256, dim 32, mults 1/4/8, T = 100
+    paper = DiffusionSpec()  # rrf_ray/sweeps/maze2d.yaml's model: H = 256, dim 32, mults 1/4/8, T = 100
     paper_windows = TrajectoryWindows.from_array(
         np.random.default_rng(1).uniform(-1, 1, size=(256, 256, 6)).astype(np.float32), action_dim=2)
     paper_rate = bare_samples_per_s(paper_windows, paper, args.paper_steps, 1)

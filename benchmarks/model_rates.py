@@ -141,8 +141,10 @@ def irl_rate(spec, device, seconds: float, tiny_sizes: bool) -> tuple[float, str
 
 def load_profile(name: str):
     """The profile's spec, validated by its experiment's model (imported directly: the registry would import Ray)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else ROOT / "sweeps" / f"{name}.yaml"
-    raw = yaml.safe_load(path.read_text()) or {}
+    from rrf_ray.engine.loading import read_raw, resolve_spec_path  # YAML and `base:` only: no Ray
+
+    path = resolve_spec_path(name)
+    raw = read_raw(path)
     experiment = raw.get("experiment", "maze2d")
     if experiment == "maze2d":
         from rrf_ray.maze2d.spec import Maze2DSpec as model
@@ -200,7 +202,7 @@ def measure(profile: str, device: torch.device, seconds: float, tiny_sizes: bool
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    p.add_argument("--profile", default="maze2d", help="a sweep in sweeps/ (maze2d, locomotion, irl, ...) or a YAML path")
+    p.add_argument("--profile", default="maze2d", help="a sweep name (maze2d, locomotion, irl, ...) or a YAML path")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per figure, after warm-up")
     p.add_argument("--tiny", action="store_true", help="tiny model sizes: checks the benchmark runs, measures nothing")
     p.add_argument("--out", type=Path, help="write the estimate block as YAML here")

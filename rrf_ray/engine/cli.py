@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from rrf_ray.engine.loading import load_spec
+from rrf_ray.engine.loading import list_sweeps, load_spec
 from rrf_ray.engine.lock import LOCK_FILE, StorageLock
 from rrf_ray.engine.registry import Experiment, default_experiment, get_experiment
 from rrf_ray.engine.spec import ConfigError, compare_specs, exit_on_user_error
@@ -32,7 +32,9 @@ from rrf_ray.engine.storage import SweepStorage
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m rrf_ray.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep", help="a name in sweeps/ (e.g. maze2d, maze2d-smoke, maze2d-tiny) or a YAML path")
+    p.add_argument("sweep", nargs="?", help="a sweep's name (--list names them: ./sweeps/NAME.yaml, else the "
+                   "package's) or a YAML path")
+    p.add_argument("--list", action="store_true", help="name every sweep spec, one line each, and exit")
     p.add_argument("--storage", default="results",
                    help="where sweeps live, one per name: a directory (default ./results; shared by every node "
                         "on a cluster) or a URI pyarrow opens (s3://bucket/path, gs://...)")
@@ -120,7 +122,15 @@ def check_storage(args: argparse.Namespace, storage: SweepStorage, spec, experim
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        sweeps = list_sweeps()
+        width = max(len(name) for name, _ in sweeps)
+        print("\n".join(f"{name:<{width}}  {summary}" for name, summary in sweeps))
+        return 0
+    if args.sweep is None:
+        parser.error("name a sweep (python -m rrf_ray.sweep --list names them) or give a YAML path")
     try:
         spec = load_spec(args.sweep, args.overrides)
         configure_tracking(args)

@@ -1,10 +1,16 @@
-"""Loading a sweep spec: a YAML file (by name in sweeps/ or by path), `--set` overrides, validation
-by the model of the experiment it names, and errors that name the field.
+"""Loading a sweep spec: a YAML file (by name or by path), `--set` overrides, validation by the model
+of the experiment it names, and errors that name the field.
+
+A name is looked up in `./sweeps/` (a user's own specs) and then among the specs shipped inside the
+package (`rrf_ray/sweeps/`, found from any directory after a plain `pip install`). A spec may start
+from another with `base: NAME` and state only what it changes: mappings merge key by key, lists and
+values replace.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +20,13 @@ from pydantic import BaseModel, ValidationError
 from rrf_ray.engine.registry import default_experiment, get_experiment
 from rrf_ray.engine.spec import ConfigError
 
-SWEEPS_DIR = Path(__file__).resolve().parent.parent.parent / "sweeps"
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"  # package data: rrf_ray/sweeps/*.yaml
+BASE_KEY = "base"
 
 
 def resolve_spec_path(name_or_path: str | Path) -> Path:
-    """`maze2d` -> `sweeps/maze2d.yaml` (cwd first, then the checkout); a path is used as is."""
+    """`maze2d` -> `./sweeps/maze2d.yaml` if there is one, else the package's `rrf_ray/sweeps/maze2d.yaml`; a path is
+    used as is."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
@@ -28,8 +36,62 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
         candidate = base / f"{name_or_path}.yaml"
         if candidate.exists():
             return candidate
-    known = sorted(q.stem for q in SWEEPS_DIR.glob("*.yaml")) if SWEEPS_DIR.is_dir() else []
-    raise ConfigError(f"no sweep named {name_or_path!r} (looked in ./sweeps and {SWEEPS_DIR}); known: {', '.join(known)}")
+    known = [name for name, _ in list_sweeps()]
+    raise ConfigError(f"no sweep named {name_or_path!r} (looked in ./sweeps and {SWEEPS_DIR}); known: {', '.join(known)} "
+                      "(python -m rrf_ray.sweep --list)")
+
+
+def list_sweeps() -> list[tuple[str, str]]:
+    """(name, summary: the first sentence of the YAML's header comment) of every spec in ./sweeps and the
+    package; a spec in ./sweeps hides a shipped one of the same name, as it does when loading."""
+    found: dict[str, str] = {}
+    for base in (SWEEPS_DIR, Path.cwd() / "sweeps"):
+        for path in sorted(base.glob("*.yaml")) if base.is_dir() else []:
+            found[path.stem] = _summary(path.read_text())
+    return sorted(found.items())
+
+
+def _summary(text: str, limit: int = 110) -> str:
+    header = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line.lstrip("#").strip())
+    words = " ".join(header)
+    end = re.search(r"\.(\s|$)", words)
+    sentence = words[:end.start() + 1] if end else words
+    return sentence if len(sentence) <= limit else sentence[:limit - 1].rstrip() + "…"
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """`child` over `base`: mappings merge key by key; lists and values replace."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def read_raw(path: Path, seen: tuple = ()) -> dict:
+    """A spec file as a dict, its `base:` chain merged in (the base first, then this file's keys)."""
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise ConfigError(f"{path}: `base:` chain loops: {chain}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: must name one spec (a name or a path), got {base!r}")
+    try:
+        base_path = resolve_spec_path(base)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: base: {e}") from None
+    return _merge(read_raw(base_path, (*seen, path.resolve())), raw)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -96,15 +158,9 @@ def spec_from_dict(raw: dict, source: str = "spec", overrides: list[str] | None 
 
 
 def load_spec(name_or_path: str | Path | None = None, overrides: list[str] | None = None):
-    """Load a sweep spec by name (`sweeps/NAME.yaml`) or path; None gives the default experiment's defaults."""
+    """Load a sweep spec by name (resolve_spec_path) or path; None gives the default experiment's defaults."""
     if name_or_path is None:
         defaults = spec_model(default_experiment())().model_dump(mode="json")  # --set edits these, key by key
         return spec_from_dict(defaults, "defaults", overrides)
     path = resolve_spec_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    return spec_from_dict(raw, str(path), overrides)
+    return spec_from_dict(read_raw(path), str(path), overrides)

@@ -1,4 +1,4 @@
-"""The image experiment's sweep spec (`experiment: image`, e.g. sweeps/sd.yaml).
+"""The image experiment's sweep spec (`experiment: image`, e.g. rrf_ray/sweeps/sd.yaml).
 
 The weights are the user's: `generation.model` is a local diffusers Stable Diffusion
 directory or a Hugging Face hub id; the prompts come from a local file.

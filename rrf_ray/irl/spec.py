@@ -13,14 +13,14 @@ episodes that no method trains on (`experts.selection_rollouts_per_start`). docs
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from rrf_ray.data.windows import WindowSpec
 from rrf_ray.diffusion.spec import DiffusionSpec, GuidanceSpec
 from rrf_ray.engine.spec import EstimateSpec, ResourceSpec, Strict
-from rrf_ray.maze2d.mazes import Maze, MazeError
+from rrf_ray.maze2d.mazes import DEFAULT_LAYOUTS, Maze, MazeError
 from rrf_ray.maze2d.spec import DataSpec, ExpertSpec
 from rrf_ray.rrf.spec import PregenSpec, RewardSpec
 
@@ -211,7 +211,8 @@ class IRLExperimentSpec(Strict):
     name: str = "irl"
     experiment: Literal["irl"] = "irl"
     maze_name: str = "umaze"
-    layout: list[str] = Field(default_factory=lambda: ["#####", "#OOO#", "###O#", "#OOO#", "#####"])
+    layout: list[str] = Field(default_factory=lambda: list(DEFAULT_LAYOUTS["umaze"]),
+                              description="rows of '#' and 'O' (default: the built-in maze named maze_name)")
     true_reward: TrueRewardSpec = Field(default_factory=TrueRewardSpec)
     methods: list[Method] = Field(default_factory=lambda: ["base", "true_reward", "irl_mse", "irl_mmd_gauss",
                                                            "irl_mmd_matern", "bc", "rrf"], min_length=1)
@@ -234,6 +235,14 @@ class IRLExperimentSpec(Strict):
     selection: SelectionSpec = Field(default_factory=SelectionSpec)
     estimate: EstimateSpec = Field(default_factory=EstimateSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _built_in_layout(cls, raw: Any) -> Any:
+        """A built-in maze needs only its name (maze2d/mazes.py defines each layout once)."""
+        if isinstance(raw, dict) and "layout" not in raw and raw.get("maze_name") in DEFAULT_LAYOUTS:
+            return {**raw, "layout": list(DEFAULT_LAYOUTS[raw["maze_name"]])}
+        return raw
 
     @model_validator(mode="after")
     def _consistent(self) -> IRLExperimentSpec:

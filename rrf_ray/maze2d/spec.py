@@ -21,7 +21,8 @@ class RandomGoals(Strict):
     margin: float = Field(0.1, ge=0.0, lt=0.5, description="distance kept from cell edges")
 
 class MazeSpec(Strict):
-    """A maze as data: rows of '#' (wall) and 'O' (free), goals as (row, col) maze units.
+    """A maze as data: rows of '#' (wall) and 'O' (free), goals as (row, col) maze units (a built-in maze,
+    open, umaze, medium or large, takes both from maze2d/mazes.py when the spec leaves them out).
 
     `goals` may also be `{random: N, seed: S}`: N goals drawn reproducibly inside free cells.
     The drawn list replaces it (so spec.json, the trials and the report name real positions)
@@ -147,6 +148,21 @@ class Maze2DSpec(Strict):
     data_seed: int = Field(0, description="seed of the generated datasets (model seeds are `seeds`)")
     base_per_seed: bool = Field(False, description="one base diffuser per seed instead of one per maze")
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _built_in_mazes_by_name(cls, raw: Any) -> Any:
+        """A built-in maze (open, umaze, medium, large) needs only its name: its layout and the paper's goals
+        come from maze2d/mazes.py, the one place they are defined (`mazes: {umaze: {}}`, or only `goals:`)."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("mazes"), dict):
+            return raw
+        mazes = {}
+        for name, m in raw["mazes"].items():
+            m = {} if m is None else m
+            if isinstance(m, dict) and name in DEFAULT_LAYOUTS:
+                m = {"layout": DEFAULT_LAYOUTS[name], "goals": DEFAULT_GOALS[name], **m}
+            mazes[name] = m
+        return {**raw, "mazes": mazes}
 
     @field_validator("mazes")
     @classmethod

@@ -3,16 +3,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rrf_ray.engine.loading import load_spec, parse_override, spec_model
+from rrf_ray.engine.loading import SWEEPS_DIR, list_sweeps, load_spec, parse_override, read_raw, spec_model
 from rrf_ray.engine.spec import ConfigError
 from rrf_ray.maze2d.mazes import DEFAULT_GOALS
 
-SWEEPS = sorted((Path(__file__).resolve().parents[2] / "sweeps").glob("*.yaml"))
+SWEEPS = sorted(SWEEPS_DIR.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
 def test_every_shipped_sweep_loads(path):
-    experiment = yaml.safe_load(path.read_text()).get("experiment", "maze2d")
+    experiment = read_raw(path).get("experiment", "maze2d")
     spec = load_spec(path)
     assert isinstance(spec, spec_model(experiment)) and spec.experiment == experiment
 
@@ -110,3 +110,30 @@ def test_bad_random_goals_name_the_field():
         load_spec("maze2d-smoke", ["mazes.umaze.goals={random: 0}"])
     with pytest.raises(ConfigError, match=r"mazes.umaze.*unknown key"):
         load_spec("maze2d-smoke", ["mazes.umaze.goals={random: 4, sed: 1}"])
+
+
+def test_a_spec_starts_from_another_and_states_only_what_it_changes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "mine.yaml").write_text("# my profile\nbase: maze2d-tiny\nseeds: [7]\n"
+                                                   "diffusion: {train_steps: 3}\n")
+    (tmp_path / "grandchild.yaml").write_text("base: mine\nname: grandchild\n")
+    parent, child = load_spec("maze2d-tiny"), load_spec(tmp_path / "grandchild.yaml")
+    assert child.seeds == [7] and child.name == "grandchild"
+    assert child.diffusion.train_steps == 3 and child.diffusion.dim == parent.diffusion.dim  # merged key by key
+    assert child.mazes == parent.mazes and child.reward == parent.reward
+    assert ("mine", "my profile") in list_sweeps() and ("maze2d-tiny", "") != dict(list_sweeps()).get("maze2d-tiny")
+    (tmp_path / "sweeps" / "loop.yaml").write_text("base: loop2\n")
+    (tmp_path / "sweeps" / "loop2.yaml").write_text("base: loop\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_spec("loop")
+    (tmp_path / "sweeps" / "nobase.yaml").write_text("base: no-such-sweep\n")
+    with pytest.raises(ConfigError, match="base: no sweep named 'no-such-sweep'"):
+        load_spec("nobase")
+
+
+def test_every_shipped_sweep_is_listed_with_a_summary():
+    listed = dict(list_sweeps())
+    assert set(listed) >= {p.stem for p in SWEEPS}
+    assert all(listed[p.stem] for p in SWEEPS), [p.stem for p in SWEEPS if not listed[p.stem]]
+
