@@ -23,6 +23,8 @@ from typing import Callable
 
 from rrf_ray.engine.loading import list_sweeps, load_spec
 from rrf_ray.engine.lock import LOCK_FILE, StorageLock
+# Before anything imports Ray: Ray reads its log-deduplication settings once, at its import (engine.ray_runtime).
+from rrf_ray.engine.ray_runtime import note, print_notes, set_verbose
 from rrf_ray.engine.registry import Experiment, default_experiment, get_experiment
 from rrf_ray.engine.spec import ConfigError, compare_specs, exit_on_user_error
 from rrf_ray.engine.stopping import catch_stop_signals, exit_on_next_signal, finish_stop, stopped_by
@@ -124,6 +126,7 @@ def check_storage(args: argparse.Namespace, storage: SweepStorage, spec, experim
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_verbose(args.verbose)
     if args.list:
         sweeps = list_sweeps()
         width = max(len(name) for name, _ in sweeps)
@@ -151,9 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         storage = SweepStorage(args.storage, spec.name)
     except (ValueError, OSError) as e:
         exit_on_user_error(ConfigError(f"--storage {args.storage}: {e}"))
-    from rrf_ray.engine.ray_runtime import note, print_notes, set_verbose  # imports Ray: not for --dry-run
-
-    set_verbose(args.verbose)
     command = shlex.join(["python", "-m", "rrf_ray.sweep", *(sys.argv[1:] if argv is None else argv)])
     lock = StorageLock(storage, command=command)
 

@@ -1,12 +1,50 @@
 """Connecting to Ray (a private local Ray unless a cluster is asked for) and keeping its console quiet.
 
 A quiet console (the default) shows Tune's status table, progress bars and the sweep's own
-lines: the driver's, and the `[label] message` lines its trials and training runs print.
-Everything else Ray's processes print (C++ log lines such as `core_worker.cc: ...`, Ray
-Train's and Ray Data's messages, Python warnings) stays in Ray's log directory, where Ray
-writes it anyway (`worker-*.out|err`, one pair per worker process); the driver's own Ray
-warnings, and the warnings its raylet pushes to the driver, go to `rrf_ray-driver.log` there
-(the raylet's errors still reach the console). `--verbose` (set_verbose) shows them all.
+lines: the driver's, and the `[label] message` lines its trials and training runs print (every
+trial's: none folded into Ray's "[repeated 2x across cluster]"). Everything else Ray's
+processes print (C++ log lines such as `core_worker.cc: ...`, Ray Train's and Ray Data's
+messages, Python warnings) stays in Ray's log directory, where Ray writes it anyway
+(`worker-*.out|err`, one pair per worker process); the driver's own Ray warnings, and the
+warnings its raylet pushes to the driver, go to `rrf_ray-driver.log` there (the raylet's errors
+still reach the console). `--verbose` (set_verbose) shows them all.
+
+How, with Ray's public settings (Ray 2.60):
+- The driver prints its workers' lines (`ray.init(log_to_driver=True)`) through Ray's log
+  deduplicator, which reads three documented environment variables when `ray` is imported
+  (ray._private.ray_constants; "Log deduplication" in Ray's "Configuring logging" guide):
+  `RAY_DEDUP_LOGS_ALLOW_REGEX` (never deduplicate: the step lines), `RAY_DEDUP_LOGS_SKIP_REGEX`
+  (never print: in quiet mode, every line that is not a step line; Ray's tqdm bars pass first,
+  and autoscaler events are never deduplicated, so both still print) and `RAY_DEDUP_LOGS`
+  (quiet mode sets it to 1: at 0 Ray ignores both regexes). Only the driver deduplicates, so
+  workers need none of them (no runtime_env). This module sets them in os.environ when it is
+  imported and in set_verbose, which therefore work only before `import ray`: import this
+  module, and call set_verbose, before anything imports Ray (this module imports Ray only
+  inside its functions). The variables stay in os.environ, so a driver this process starts
+  inherits them (set_verbose(True) there takes them back).
+- The driver's own Ray messages: Python's logging API on Ray's documented "ray" logger (its
+  handlers print errors only; the rest goes to rrf_ray-driver.log).
+- Train V2's per-report INFO line ("Reporting training result ...") comes from a logger Train
+  names by its file path (`logging.getLogger(__file__)`), which `ray.train.LoggingConfig`
+  (it filters `ray.train*` loggers only) cannot reach: a logging.Filter on the worker's root
+  handlers drops INFO records of loggers named by a path in Ray's package.
+Not used: `ray.LoggingConfig` sets the level of every job process's root and "ray" loggers (a
+level drops records from the log files too, not just from the console) and drops the
+"(pid=...)" prefix of forwarded lines; `ray.init(log_to_driver=False)` would drop the step
+lines with the rest.
+
+Private hooks kept, each guarded (a Ray without it gets Ray's own output, never an error):
+- `ray._private.worker.print_to_stdstream` (route_raylet_messages, quiet mode only): the
+  messages the raylet pushes to the driver ("WARNING: 8 PYTHON worker processes have been
+  started ...", a dead node) bypass `log_to_driver` and have no source a regex can tell from a
+  worker's line, so the skip regex would hide the raylet's errors along with its warnings; no
+  public setting routes them. Without the hook they are skipped like any other non-step line.
+- `ray._private.ray_logging.{stdout,stderr}_deduplicator` (configure_imported_ray): only where
+  Ray was imported before this module set the variables above (or set_verbose changed them
+  after), it gives Ray's deduplicators the regexes those variables would have.
+- `ray._private.services.find_bootstrap_address` (started_cluster_address; not about the
+  console): the address a `ray start` recorded, without `ray.init(address="auto")`'s wait on a
+  dead one.
 """
 
 from __future__ import annotations
@@ -20,26 +58,63 @@ import socket
 import sys
 from pathlib import Path
 
-import ray
-from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
-
 from rrf_ray.engine import stopping
 
 DRIVER_LOG = "rrf_ray-driver.log"
 STEP_LINE = re.compile(r"^\[[A-Za-z][^\]\s]*\] ")  # "[expert-umaze-g3-0fb2] step 50/100 ...", "[sweep] ..."
-_console = {"verbose": False, "notes": []}
+NOT_A_STEP_LINE = rf"^(?!{STEP_LINE.pattern[1:]})"  # the quiet console's RAY_DEDUP_LOGS_SKIP_REGEX
+DEDUP_ENV = ("RAY_DEDUP_LOGS", "RAY_DEDUP_LOGS_ALLOW_REGEX", "RAY_DEDUP_LOGS_SKIP_REGEX")
+_console = {"verbose": False, "notes": [], "ray_read": None, "raylet_to_log": False}
+_users_dedup_env = {name: os.environ.get(name) for name in DEDUP_ENV}
+if _users_dedup_env["RAY_DEDUP_LOGS_SKIP_REGEX"] == NOT_A_STEP_LINE:  # inherited from a quiet driver
+    _users_dedup_env["RAY_DEDUP_LOGS_SKIP_REGEX"] = None
+
+
+def dedup_env(verbose: bool) -> dict[str, str | None]:
+    """Ray's log-deduplication variables for a quiet (or verbose) console: step lines never
+    folded; quiet, only step lines printed. None: unset (Ray's default, or what the user set)."""
+    allow = _users_dedup_env["RAY_DEDUP_LOGS_ALLOW_REGEX"]
+    if not allow or allow == STEP_LINE.pattern:
+        allow = STEP_LINE.pattern
+    elif not allow.startswith(f"{STEP_LINE.pattern}|"):
+        allow = f"{STEP_LINE.pattern}|(?:{allow})"
+    if verbose:
+        return {**_users_dedup_env, "RAY_DEDUP_LOGS_ALLOW_REGEX": allow}
+    return {"RAY_DEDUP_LOGS": "1", "RAY_DEDUP_LOGS_ALLOW_REGEX": allow, "RAY_DEDUP_LOGS_SKIP_REGEX": NOT_A_STEP_LINE}
+
+
+def _set_dedup_env(verbose: bool) -> None:
+    """Put dedup_env(verbose) in os.environ; Ray reads it when `ray` is imported. If Ray is
+    imported already, remember what it read (the variables as they were then)."""
+    if "ray" in sys.modules and _console["ray_read"] is None:
+        _console["ray_read"] = {name: os.environ.get(name) for name in DEDUP_ENV}
+    for name, value in dedup_env(verbose).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+_set_dedup_env(verbose=False)  # before anything imports Ray, if this module is imported first
 
 
 def set_verbose(verbose: bool) -> None:
-    """`--verbose`: Ray's warnings and every worker line on the console too (default: quiet)."""
+    """`--verbose`: Ray's warnings and every worker line on the console too (default: quiet).
+    Call it before anything imports Ray (it sets the variables Ray reads then)."""
     _console["verbose"] = verbose
+    _set_dedup_env(verbose)
+
+
+def _ray_is_initialized() -> bool:
+    is_initialized = getattr(sys.modules.get("ray"), "is_initialized", None)  # None: Ray not (yet) imported
+    return bool(is_initialized and is_initialized())
 
 
 def note(line: str) -> None:
     """Print `line` just after the lines saying which Ray the run uses (at once if Ray is up):
     a run's first line says which Ray it uses, whatever the driver found before starting it."""
     _console["notes"].append(line)
-    if ray.is_initialized():
+    if _ray_is_initialized():
         print_notes()
 
 
@@ -88,9 +163,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     `num_cpus` logical CPUs. Prints one line saying which Ray the run uses, and (quiet, the
     default unless set_verbose) one saying where Ray's own messages went.
     """
+    import ray
+
     if ray.is_initialized():
         return
     quiet = not _console["verbose"] if quiet is None else quiet
+    if quiet == _console["verbose"]:  # asked here for another console than set_verbose's
+        _set_dedup_env(verbose=not quiet)
+    filtered = configure_imported_ray(verbose=not quiet) and quiet
     held = hold_ray_warnings() if quiet else None  # ray.init itself warns (e.g. about its auth token)
     kwargs = dict(logging_level=logging.INFO, log_to_driver=True)
     address = address or os.environ.get("RAY_ADDRESS") or started_cluster_address()
@@ -101,7 +181,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
         what = "started a private local Ray"
     stopping.reinstall()  # ray.init installed Ray's SIGTERM handler (a C++ stack dump)
-    keep_every_step_line()
+    _console["raylet_to_log"] = quiet and route_raylet_messages()
     resources = ray.cluster_resources()
     dashboard_url = getattr(context, "dashboard_url", None)
     print(f"[ray] {what} ({ray.get_runtime_context().gcs_address}): {resources.get('CPU', 0):g} CPUs, "
@@ -114,60 +194,64 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         held.setTarget(log_file)
         held.flush()
         held.capacity = 0  # from now on each record goes straight to the file
-        log_raylet_warnings()
-        filtered = show_only_step_lines()
         print(f"[ray] Ray's own messages: {logs} ({DRIVER_LOG}, worker-*.out|err"
               + ("; --verbose shows them here)" if filtered else ")"), flush=True)
     print_notes()
 
 
-def keep_every_step_line() -> bool:
-    """Exempt step lines from Ray's log deduplication. Ray folds worker lines that are equal once
-    words with digits are dropped into one "[repeated 2x across cluster]" line, and two trials'
-    progress ("[base-1f2e] step 2000/10000 loss ...", "[expert-9a0b] step 2000/10000 loss ...")
-    are such lines: one trial's progress vanished from the console. False where Ray has no such
-    deduplicator."""
+def configure_imported_ray(verbose: bool) -> bool:
+    """Whether Ray's log deduplicator follows dedup_env(verbose) (and, quiet, prints step lines only).
+
+    It does when Ray read those variables at its import (the public way). If Ray was imported
+    before this module set them, or set_verbose changed them after, Ray's deduplicators get the
+    two regexes directly (a private hook: False where this Ray has no such deduplicators, which
+    then print as Ray was configured at its import)."""
+    wanted = dedup_env(verbose)
+    read = _console["ray_read"]
+    if read is None or read == wanted:
+        return True
+    dedup_on = read["RAY_DEDUP_LOGS"] is None or read["RAY_DEDUP_LOGS"].lower() in ("1", "true")
     try:
         from ray._private import ray_logging
     except ImportError:
         return False
     deduplicators = [getattr(ray_logging, name, None) for name in ("stdout_deduplicator", "stderr_deduplicator")]
-    deduplicators = [d for d in deduplicators if d is not None and hasattr(d, "allow_re")]
+    deduplicators = [d for d in deduplicators if hasattr(d, "allow_re") and hasattr(d, "skip_re")]
     for deduplicator in deduplicators:
-        allowed = deduplicator.allow_re
-        if allowed is None:
-            deduplicator.allow_re = STEP_LINE
-        elif STEP_LINE.pattern not in allowed.pattern:
-            deduplicator.allow_re = re.compile(f"{STEP_LINE.pattern}|{allowed.pattern}")
-    return bool(deduplicators)
+        deduplicator.allow_re = re.compile(wanted["RAY_DEDUP_LOGS_ALLOW_REGEX"])
+        skip = wanted["RAY_DEDUP_LOGS_SKIP_REGEX"]
+        deduplicator.skip_re = re.compile(skip) if skip else None
+    return bool(deduplicators) and (dedup_on or verbose)  # with RAY_DEDUP_LOGS=0 Ray uses neither regex
 
 
-def log_raylet_warnings() -> bool:
-    """The warnings a raylet pushes to the driver ("WARNING: 8 PYTHON worker processes have been
-    started ...") go to the driver's log file instead of the console; its errors still print.
-    Ray prints them through its module's `print_to_stdstream`, so that is what is wrapped."""
+def route_raylet_messages() -> bool:
+    """The messages the raylet pushes to the driver: warnings ("WARNING: 8 PYTHON worker processes
+    have been started ...") to the driver's log file, the rest printed as Ray prints them. Ray
+    prints them through its module's `print_to_stdstream` (a private hook: no public setting
+    routes them), so that is what is wrapped; False where this Ray has no such function. Wrapped
+    after ray.init: the printer ray.init registered for worker lines (and the raylet's log
+    files, also "pid": "raylet") keeps Ray's function, and so the skip regex."""
     try:
         from ray._private import worker as ray_worker
     except ImportError:
         return False
     printer = getattr(ray_worker, "print_to_stdstream", None)
-    if printer is None:
+    if not callable(printer):
         return False
     if not isinstance(printer, functools.partial):  # wrapped once per process
         ray_worker.print_to_stdstream = functools.partial(_print_raylet_errors_only, printer)
     return True
 
 
-def _print_raylet_errors_only(print_lines, data: dict, ignore_prefix: bool) -> None:
-    if data.get("pid") == "raylet":
-        lines = data.get("lines", [])
-        for line in lines:
-            if line.startswith("WARNING"):
-                logging.getLogger("ray.raylet").warning(line)
-        data = {**data, "lines": [line for line in lines if not line.startswith("WARNING")]}
-        if not data["lines"]:
-            return
-    print_lines(data, ignore_prefix)
+def _print_raylet_errors_only(print_lines, data: dict, *args, **kwargs) -> None:
+    if data.get("pid") != "raylet" or not _console["raylet_to_log"]:
+        print_lines(data, *args, **kwargs)
+        return
+    for line in data.get("lines", []):  # printed here: the quiet skip regex would drop it in print_lines
+        if line.startswith("WARNING"):
+            logging.getLogger("ray.raylet").warning(line)
+        else:
+            print(f"(raylet) {line}", file=sys.stderr if data.get("is_err") else sys.stdout, flush=True)
 
 
 def hold_ray_warnings() -> logging.handlers.MemoryHandler:
@@ -180,34 +264,6 @@ def hold_ray_warnings() -> logging.handlers.MemoryHandler:
     held = logging.handlers.MemoryHandler(capacity=10_000, flushLevel=logging.CRITICAL + 1)
     ray_logger.addHandler(held)
     return held
-
-
-def worth_showing(line: str) -> bool:
-    """A worker line the quiet console shows: a step line, or a Ray progress bar's update."""
-    return bool(STEP_LINE.match(line)) or RAY_TQDM_MAGIC in line
-
-
-def _print_kept_lines(print_lines, data: dict) -> None:
-    if data.get("pid") == "autoscaler":  # cluster events ("adding 2 nodes"): the user's to see
-        print_lines(data)
-        return
-    lines = [line for line in data.get("lines", []) if worth_showing(line)]
-    if lines:
-        print_lines({**data, "lines": lines})
-
-
-def show_only_step_lines() -> bool:
-    """Wrap the driver's printer of worker lines (Ray's `log_to_driver`) so that it prints only
-    those `worth_showing`; Ray has no filter of its own. False where this Ray has no such printer."""
-    try:
-        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:
-        return False
-    printers = [(name, handler) for name, handler in dispatcher.handlers if name == "ray_print_logs"]
-    for name, handler in printers:
-        dispatcher.remove_handler(name)
-        dispatcher.add_handler(name, functools.partial(_print_kept_lines, handler))
-    return bool(printers)
 
 
 def say(message: str) -> None:
@@ -230,10 +286,26 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
 
 
+class RayPathLoggersWarnOnly(logging.Filter):
+    """Drops the INFO (and DEBUG) records of loggers that Ray names by a file path in its package
+    (`logging.getLogger(__file__)`), such as Train V2's "Reporting training result ..." per report."""
+
+    def __init__(self):
+        super().__init__()
+        import ray
+
+        self.ray_dir = os.path.dirname(ray.__file__) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(self.ray_dir)
+
+
 def quiet_train_worker_logs() -> None:
-    """Silence Train V2's per-report INFO line ("Reporting training result ..."); keep warnings."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # a Ray without Train V2 internals: nothing to quiet
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    """Silence Train V2's per-report INFO line ("Reporting training result ..."); keep warnings.
+
+    Train logs it under a logger named by its file path, which propagates to the worker's root
+    logger (whose handlers Train configures: the console, its app log file); a filter on those
+    handlers drops it (Python's logging API: `ray.train.LoggingConfig` filters `ray.train*` only)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RayPathLoggersWarnOnly) for f in handler.filters):
+            handler.addFilter(RayPathLoggersWarnOnly())
