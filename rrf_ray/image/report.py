@@ -142,7 +142,11 @@ def write_image_report(sweep_dir) -> Path:
             for row in batch[side]:
                 lines.append(f"| {b + 1} | {side} | {row['reward']:.4g} | {row['pipeline']} | "
                              f"{row['prompt'].replace('|', '/')[:80]} |")
-    return write_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
+    path = write_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
+    from rrf_ray.engine.report import write_html_report
+
+    write_html_report(path)
+    return path
 
 
 def _fmt(x) -> str:

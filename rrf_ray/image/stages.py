@@ -203,7 +203,7 @@ def run_image_sweep(spec: ImageSweepSpec, storage: SweepStorage, resume: bool = 
         raise RuntimeError(f"no seed trial finished; seed {s}: {res.get('status')}, {res.get('error')} "
                            f"(trials/{trial_id(s)}/result.json)")
     report = write_image_report(storage.local)
-    for name in ("report.md", "results.json", "figures"):
+    for name in ("report.md", "report.html", "results.json", "figures"):
         storage.push(name)
     for s, res in results.items():
         if s in failed:

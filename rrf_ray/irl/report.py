@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rrf_ray.engine.atomic import write_atomic
-from rrf_ray.engine.report import save_figure_atomic
+from rrf_ray.engine.report import save_figure_atomic, write_html_report
 from rrf_ray.irl.spec import THESIS_UMAZE, IRLExperimentSpec
 from rrf_ray.metrics.aggregate import NAN_ESTIMATE, iqm, probability_of_improvement
 
@@ -373,4 +373,5 @@ def write_report(sweep_dir, reps: int | None = None) -> Path:
         writer.writerow({**r, "normalised_return": norm.get((r["method"], r.get("net"), r["seed"]))})
     write_atomic(sweep_dir / "results.csv", buf.getvalue())
     path = write_atomic(sweep_dir / "report.md", render_markdown(spec, rows, summary, figures))
+    write_html_report(path)
     return Path(path)

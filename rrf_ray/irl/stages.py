@@ -483,7 +483,7 @@ def run_sweep(spec: IRLExperimentSpec, storage: SweepStorage, resume: bool = Fal
     print("[sweep] stage 6/6: report", flush=True)
     storage.pull("trials", refresh=True)
     report = write_report(storage.local)
-    for name in ("report.md", "results.csv", "figures"):
+    for name in ("report.md", "report.html", "results.csv", "figures"):
         if (storage.local / name).exists():
             storage.push(name)
     print(f"[sweep] report: {storage.uri_of('report.md') if storage.is_remote else report}", flush=True)

@@ -213,8 +213,9 @@ def markdown(results: list[dict], problems: list[dict], sweep_name: str, data: d
         lines += ["", f"## Trials without a result ({len(problems)})", ""]
         lines += [f"- {p['trial_id']}: {p.get('status')}" + (f" — {p['error']}" if p.get("error") else "")
                   for p in problems]
-    lines += ["", "Figure: figures/score_vs_omega.png (selection score against ω at each ω's best t_stopgrad; "
-              "the dashed line is the unsteered report score)."]
+    lines += ["", "![score against ω](figures/score_vs_omega.png)", "",
+              "Selection score against ω at each ω's best t_stopgrad; the dashed line is the unsteered report "
+              "score."]
     return "\n".join(lines) + "\n"
 
 
@@ -277,6 +278,9 @@ def write_locomotion_report(sweep_dir) -> Path:
     write_atomic(sweep_dir / "report.md", markdown(results, problems, sweep_dir.name, data, _spec(sweep_dir)))
     write_atomic(sweep_dir / "results.csv", write_csv(results, problems))
     plot_score_vs_omega(results, sweep_dir / "figures" / "score_vs_omega.png")
+    from rrf_ray.engine.report import write_html_report
+
+    write_html_report(sweep_dir / "report.md")
     return sweep_dir / "report.md"
 
 

@@ -378,7 +378,7 @@ def run_locomotion_sweep(spec: LocomotionSweepSpec, storage: SweepStorage, resum
     print("[locomotion] stage 6/6: report", flush=True)
     storage.pull("trials", refresh=True)
     report = write_locomotion_report(sweep_dir)
-    for name in ("report.md", "results.csv", "figures"):
+    for name in ("report.md", "report.html", "results.csv", "figures"):
         if (sweep_dir / name).exists():
             storage.push(name)
     print(f"[locomotion] report: {storage.uri_of('report.md') if storage.is_remote else report}", flush=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rrf_ray.engine.atomic import write_atomic
-from rrf_ray.engine.report import save_figure_atomic
+from rrf_ray.engine.report import save_figure_atomic, write_html_report
 from rrf_ray.maze2d.heatmap import Heatmap, plot_heatmap
 from rrf_ray.maze2d.mazes import DEFAULT_LAYOUTS, Maze, MazeError
 from rrf_ray.metrics.intervals import format_rate
@@ -236,6 +236,9 @@ def write_results_csv(trials: list[Trial], path: Path, mazes: dict[str, Maze] | 
     return write_atomic(path, buf.getvalue())
 
 
+ONE_SEED_COLUMNS = 4  # maze_figure: goals per row when a sweep has one seed
+
+
 def write_maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], path: Path,
                       maze: Maze | None = None) -> Path:
     """figures/MAZE.png: see maze_figure."""
@@ -244,7 +247,8 @@ def write_maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], path
 
 def maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], maze: Maze | None = None):
     """Heatmaps of one maze (`maze`: its layout and goals as run, else looked up from the trial):
-    goals as rows, seeds as columns; failed/missing panels labelled."""
+    goals as rows, seeds as columns; with one seed the goals fill a grid of up to
+    ONE_SEED_COLUMNS columns instead of one tall column. Failed/missing panels labelled."""
     from matplotlib.figure import Figure
 
     goals = sorted({t.goal for t in trials})
@@ -252,12 +256,17 @@ def maze_figure(sweep_dir: Path, maze_name: str, trials: list[Trial], maze: Maze
     by_key = {(t.goal, t.seed): t for t in trials}
     maze = maze if maze is not None else maze_of(trials[0])
     aspect = maze.height / maze.width if maze is not None else 1.0
+    # One seed: the goals fill a grid (a one-seed sweep of 8 goals is 2 rows of 4, not a column of 8).
+    nrows, ncols = ((-(-len(goals) // ONE_SEED_COLUMNS), min(ONE_SEED_COLUMNS, len(goals))) if len(seeds) == 1
+                    else (len(goals), len(seeds)))
     panel_w = 3.2
-    fig = Figure(figsize=(panel_w * len(seeds), (panel_w * aspect + 0.6) * len(goals)), layout="constrained")
-    axes = fig.subplots(len(goals), len(seeds), squeeze=False)
+    fig = Figure(figsize=(panel_w * ncols, (panel_w * aspect + 0.6) * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for k in range(len(goals) * len(seeds), nrows * ncols):  # the one-seed grid's unfilled last row
+        axes[k // ncols][k % ncols].remove()
     for i, goal in enumerate(goals):
         for j, seed in enumerate(seeds):
-            ax = axes[i][j]
+            ax = axes[i // ncols][i % ncols] if len(seeds) == 1 else axes[i][j]
             trial = by_key.get((goal, seed))
             if trial is None:
                 ax.axis("off")
@@ -527,7 +536,9 @@ def write_report(sweep_dir) -> Path:
         ts = [t for t in trials if t.maze == name]
         write_maze_figure(sweep_dir, name, ts, sweep_dir / rel, maze_of(ts[0], mazes))
         figures[name] = rel
-    return write_atomic(sweep_dir / "report.md", render_markdown(trials, figures, sweep_dir, spec))
+    path = write_atomic(sweep_dir / "report.md", render_markdown(trials, figures, sweep_dir, spec))
+    write_html_report(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -224,7 +224,7 @@ def run_sweep(spec: Maze2DSpec, storage: SweepStorage, resume: bool = False, add
     print("[sweep] stage 4/4: report", flush=True)
     storage.pull("trials", refresh=True)  # remote storage: every node's trial results
     report = write_report(sweep_dir)
-    for name in ("report.md", "results.csv", "figures"):
+    for name in ("report.md", "report.html", "results.csv", "figures"):
         if (sweep_dir / name).exists():
             storage.push(name)
     where = storage.uri_of("report.md") if storage.is_remote else report
