@@ -67,10 +67,3 @@ def plan_distance(model, segments, reward, guidance, k: int, dims=None, seed: in
     generator = torch.Generator(device=seg.device).manual_seed(int(seed))
     plans = model.sample(len(seg), cond, reward, guidance if reward is not None else None, generator=generator).x
     return float(((plans[:, :k, dims] - seg[:, :, dims]) ** 2).mean())
-
-
-def plan_distances(model, segments, reward, guidance, scales, k: int, dims=None, seed: int = 0) -> Selection:
-    """`select_scale` with the criterion: `plan_distance` at `guidance` with each scale of `scales`."""
-    return select_scale(scales, lambda s: plan_distance(model, segments, reward,
-                                                        guidance.model_copy(update={"scale": float(s)}), k, dims,
-                                                        seed))

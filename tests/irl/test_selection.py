@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rrf_ray.engine.loading import load_spec
-from rrf_ray.irl.selection import choose, plan_distance, plan_distances, select_scale, select_then_evaluate
+from rrf_ray.irl.selection import choose, plan_distance, select_scale, select_then_evaluate
 from rrf_ray.maze2d.mazes import Maze
 
 UMAZE = Maze("umaze", ("#####", "#OOO#", "###O#", "#OOO#", "#####"), ())
@@ -65,7 +65,9 @@ def test_the_criterion_recovers_the_scale_that_made_the_held_out_segments(one_to
         made = model.sample(12, cond, reward, guidance.model_copy(update={"scale": 3.0}),
                             generator=torch.Generator().manual_seed(noise)).x[:, :k].numpy()
     candidates = [0.3, 1.0, 3.0, 10.0, 30.0]
-    selection = plan_distances(model, made, reward, guidance, candidates, k, seed=noise)
+    # the stage's criterion (irl.stages.selection_criterion): plan_distance at each candidate scale
+    selection = select_scale(candidates, lambda scale: plan_distance(
+        model, made, reward, guidance.model_copy(update={"scale": scale}), k, seed=noise))
     assert selection.chosen == 3.0 and selection.distances[2] == pytest.approx(0.0, abs=1e-10)
 
     def mean_x(scale):  # what a true reward of x would score: more guidance, more x
