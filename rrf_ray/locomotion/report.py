@@ -190,9 +190,10 @@ def markdown(results: list[dict], problems: list[dict], sweep_name: str, data: d
                   "bootstrap interval] and the probability that the method's seed beats the unsteered planner's.", "",
                   "| env | method | per model seed | IQM | P(method > unsteered) |", "|---|---|---|---|---|"]
         for env in envs:
-            per_seed = {method: np.array([method_scores(episodes, env, method, [m]).mean()
-                                          for m in model_seeds if len(method_scores(episodes, env, method, [m]))])
-                        for method in ("unsteered", "discriminator", "rrf")}
+            per_seed = {}
+            for method in ("unsteered", "discriminator", "rrf"):
+                scores = [method_scores(episodes, env, method, [m]) for m in model_seeds]
+                per_seed[method] = np.array([x.mean() for x in scores if len(x)])
             agg = iqm({m: v for m, v in per_seed.items() if len(v)})
             for method, v in per_seed.items():
                 if not len(v):
