@@ -225,6 +225,7 @@ def train_sac(settings: SACSettings, root=None, threads: int = 1, progress: bool
     import torch
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
 
     s = settings.resolved()
     torch.set_num_threads(threads)
@@ -258,6 +259,7 @@ def train_sac(settings: SACSettings, root=None, threads: int = 1, progress: bool
         env.next_seed = s.seed * 1_000_003 + 100_000 + model.num_timesteps  # fresh starts after the resume
         print(f"[sac] {s.env_id} seed {s.seed}: resuming at step {model.num_timesteps} from {out}", flush=True)
         bar.update(model.num_timesteps)
+    model.set_logger(Logger(None, []))  # SB3's default logger makes a /tmp/SB3-<date> folder per learn() call
 
     class Progress(BaseCallback):
         def _on_step(self) -> bool:

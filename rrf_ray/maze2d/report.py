@@ -367,8 +367,9 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
             f"| {_num(_mean(_metric(ts, 'erc')))} |"
         )
     lines += per_goal_lines(trials, spec)
+    layout = ("one panel per goal" if len({t.seed for t in trials}) == 1 else "rows are goals, columns seeds")
     lines += ["", "## Heatmaps", "",
-              "Rows are goals, columns seeds; green star = true goal, white x = learned peak.", ""]
+              f"{layout.capitalize()}, titled with its goal and seed; green star = true goal, white x = learned peak.", ""]
     for name, rel in figures.items():
         lines += [f"### {name}", "", f"![{name} heatmaps]({rel})", ""]
     lines += ["## Failed trials", ""]

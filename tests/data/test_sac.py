@@ -16,7 +16,7 @@ pytest.importorskip("stable_baselines3")
 
 from rrf_ray.data.sac import Episode, dataset_id, env_name, load_episodes, medium_checkpoint, save_episodes  # noqa: E402
 
-ENV = "HalfCheetah-v5"
+ENV = "Hopper-v5"  # falls end its episodes: variable lengths, both end flags
 
 
 def sac_command(root, *extra):
@@ -37,7 +37,11 @@ def resimulate(episode, env) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.slow
-def test_sac_makes_real_replay_medium_and_expert_datasets_and_resumes(tmp_path):
+def test_sac_makes_real_replay_medium_and_expert_datasets_ending_at_falls_and_resumes(tmp_path):
+    """Hopper-v5 ends an episode when the robot falls (and at 100 steps here): episodes of varying length,
+    each ending by exactly one of the two, replayable in the simulator, windows never crossing an end."""
+    from rrf_ray.data.windows import load_windows
+
     root = tmp_path / "minari"
     env_vars = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env_vars.pop("MINARI_DATASETS_PATH", None)
@@ -67,34 +71,66 @@ def test_sac_makes_real_replay_medium_and_expert_datasets_and_resumes(tmp_path):
     try:
         sets = {kind: minari.load_dataset(dataset_id(ENV, kind)) for kind in ("replay", "medium", "expert")}
         g = gym.make(ENV, max_episode_steps=100)
+        hopper = g.unwrapped
+        falls = 0
         for kind, ds in sets.items():
             meta = ds.storage.metadata["rrf_sac"]
             episodes = list(ds.iterate_episodes())
             assert len(episodes) == len(meta["returns"]) > 0
             for ep, stored_return in zip(episodes, meta["returns"]):
                 n = len(ep.actions)
-                assert n == 100 and len(ep.observations) == n + 1  # HalfCheetah never terminates: 100-step episodes
-                assert ep.truncations[-1] and not ep.truncations[:-1].any() and not ep.terminations.any()
-                assert ep.rewards.sum() == pytest.approx(stored_return)
+                assert len(ep.observations) == n + 1 and ep.rewards.sum() == pytest.approx(stored_return)
+                # ended by exactly one of falling or the time limit, at its last step only
+                assert ep.terminations[-1] != ep.truncations[-1], kind
+                assert not ep.terminations[:-1].any() and not ep.truncations[:-1].any()
+                assert ep.truncations[-1] == (n == 100)
+                healthy = []
+                for qpos, qvel in zip(ep.infos["qpos"], ep.infos["qvel"]):
+                    hopper.set_state(qpos, qvel)
+                    healthy.append(bool(hopper.is_healthy))
+                # a fall is the first unhealthy state; every earlier one was healthy
+                assert all(healthy[:-1]) and healthy[-1] == (not ep.terminations[-1])
+                falls += int(ep.terminations[-1])
             # every transition is real: the stored actions, replayed from the stored start state in the
             # simulator, give back the stored observations and rewards
-            for ep in (episodes[0], episodes[-1]):
+            for ep in (episodes[0], episodes[len(episodes) // 2], episodes[-1]):
                 obs, rewards = resimulate(ep, g)
                 np.testing.assert_allclose(obs, ep.observations, atol=1e-6)
                 np.testing.assert_allclose(rewards, ep.rewards, atol=1e-6)
+        assert falls > 0
 
         replay = sets["replay"].storage.metadata["rrf_sac"]
         medium = sets["medium"].storage.metadata["rrf_sac"]
         expert = sets["expert"].storage.metadata["rrf_sac"]
-        # the replay holds every episode the agent saw up to the medium policy, in order
-        assert replay["policy_steps"] == [100 * (i + 1) for i in range(len(replay["policy_steps"]))]
-        assert replay["policy_steps"][-1] == medium["policy_step"]
+        lengths = [len(ep.actions) for ep in sets["replay"].iterate_episodes()]
+        assert len(set(lengths)) > 1, lengths  # falls end episodes at different steps
+        # the replay holds the episodes the agent saw up to the medium policy, in order (the one cut by
+        # the kill restarts, so a gap there may exceed its episode's length)
+        gaps = np.diff([0, *replay["policy_steps"]])
+        assert (gaps >= lengths).all() and (gaps == lengths).mean() > 0.8, (gaps, lengths)
+        assert replay["policy_steps"][-1] <= medium["policy_step"]
         assert expert["policy_step"] == 2000
         # SAC learns: its episodes' returns rise over training (the first ones are random actions)
         returns = np.asarray(replay["returns"])
         k = max(1, len(returns) // 3)
         assert returns[-k:].mean() > returns[:k].mean() + 5, returns
         assert expert["random_return"] < expert["evaluations"][-1][1]
+
+        # windows never cross an episode end: each is its own episode's rows, the tail resting at the end
+        replay_episodes = {ep.id: ep for ep in sets["replay"].iterate_episodes()}
+        for pad_end in (False, True):
+            windows = load_windows(dataset_id(ENV, "replay"), horizon=8, split="all", normalizer="standard",
+                                   pad_end=pad_end)
+            starts = set()
+            for i in range(len(windows)):
+                ep = replay_episodes[int(windows.episode_of_window[i])]
+                obs = windows.normalizer.unnormalize(windows[i])[:, windows.action_dim:]
+                start = int(np.flatnonzero(np.all(np.isclose(ep.observations, obs[0], atol=1e-4), axis=1))[0])
+                steps = np.minimum(np.arange(start, start + 8), len(ep.observations) - 1)
+                np.testing.assert_allclose(obs, ep.observations[steps], atol=1e-4)
+                starts.add((ep.id, start))
+            if pad_end:  # a window starts at every state of every episode
+                assert len(starts) == sum(len(ep.observations) for ep in replay_episodes.values())
     finally:
         del os.environ["MINARI_DATASETS_PATH"]
 
@@ -138,10 +174,11 @@ def test_episode_files_round_trip(tmp_path):
 def test_bad_arguments_exit_2_naming_them(tmp_path):
     for extra, needle in ((["--steps", "0"], "--steps must be positive"),
                           (["--medium-return", "5"], "single ENV_ID")):
-        args = [sys.executable, "-m", "rrf_ray.data", "sac", ENV, "Hopper-v5", "--steps", "100", "--root",
+        args = [sys.executable, "-m", "rrf_ray.data", "sac", "HalfCheetah-v5", "Hopper-v5", "--steps", "100", "--root",
                 str(tmp_path), *extra]
         run = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert run.returncode == 2 and needle in run.stderr, run.stderr
     run = subprocess.run([sys.executable, "-m", "rrf_ray.data", "sac", "NoSuchEnv-v9", "--steps", "10"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "NoSuchEnv-v9" in run.stderr
+
