@@ -22,15 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from rrf_ray.engine.atomic import write_atomic
-from rrf_ray.locomotion.selection import REPORT, SELECTION, Setting, chosen_settings, pooled_settings
+from rrf_ray.locomotion.selection import (REPORT, SELECTION, TRANSFER, Setting, base_seed_of, chosen_settings,
+                                         pooled_settings)
 from rrf_ray.metrics.aggregate import Estimate, iqm, mean_interval, paired_difference, probability_of_improvement
 
 # docs/locomotion.md: the paper's Table 1 (unsteered, discriminator, relative reward).
 PAPER_TABLE1 = {"halfcheetah": (30.38, 30.41, 31.65), "hopper": (24.67, 25.12, 27.04),
                 "walker2d": (28.20, 27.98, 38.40)}
+# The paper's Table 2 (unsteered, relative reward): rewards steering base diffusers trained with new seeds.
+PAPER_TABLE2 = {"halfcheetah": (31.74, 33.06), "hopper": (22.95, 25.03), "walker2d": (30.44, 42.40)}
 PAPER_ROLLOUTS, PAPER_T = 512, 20
 METHOD_NAMES = {"unsteered": "Unsteered", "discriminator": "Discriminator", "rrf": "Relative reward (ours)"}
-CSV_FIELDS = ["trial_id", "phase", "env", "method", "model_seed", "omega", "t_stopgrad", "seeds", "status", "score",
+CSV_FIELDS = ["trial_id", "phase", "env", "method", "model_seed", "base_seed", "omega", "t_stopgrad", "seeds", "status", "score",
               "score_se", "return_mean", "length_mean", "n_episodes", "rollout_s", "error"]
 
 
@@ -51,20 +54,62 @@ def load_results(sweep_dir) -> tuple[list[dict], list[dict]]:
     return results, missing + failed
 
 
-def report_episodes(results: list[dict]) -> dict[tuple, np.ndarray]:
-    """(env, method, model_seed, report seed) -> that report trial's episode scores (the chosen setting's)."""
+def report_episodes(results: list[dict], phase: str = REPORT) -> dict[tuple, np.ndarray]:
+    """(env, method, model_seed, report seed) -> that report trial's episode scores (the chosen setting's).
+    phase TRANSFER: (env, method, model_seed, base_seed, report seed), the unsteered rows under model seed b."""
     chosen = chosen_settings(results)
     out = {}
     for r in results:
-        if r.get("status") != "ok" or r.get("phase") != REPORT:
+        if r.get("status") != "ok" or r.get("phase") != phase:
             continue
         key = (r["env"], r["method"], int(r["model_seed"]))
         if r["method"] != "unsteered":
             c = chosen.get(key)
             if c is None or (c.omega, c.t_stopgrad) != (float(r["omega"]), int(r["t_stopgrad"])):
                 continue  # a report trial of a setting that is no longer the chosen one
+        if phase == TRANSFER:
+            key = (*key, base_seed_of(r))
         out[(*key, int(r["seeds"][0]))] = np.asarray(r["metrics"]["scores"], dtype=np.float64)
     return out
+
+
+def transfer_lines(results: list[dict]) -> list[str]:
+    """The transfer table: each model seed's guide, at its chosen setting, steering base diffusers of other
+    seeds, paired with the unsteered planner of the same base on the same report rollouts."""
+    episodes = report_episodes(results, TRANSFER)
+    if not episodes:
+        return []
+    lines = ["", "## Transfer to base diffusers of other seeds (report rollouts)", "",
+             "A guide trained with model seed m (and its ω / t_stopgrad, chosen on model seed m's own base) steers "
+             "a base diffuser trained with another seed b, never re-tuned (the paper's transfer table). Δ = "
+             "steered − unsteered on base b, paired rollout by rollout; mean [95% bootstrap interval].", "",
+             "| env | base seed | method | guide's model seed | score | Δ vs unsteered (same base) | "
+             "interval excludes 0 |", "|---|---|---|---|---|---|---|"]
+    envs = sorted({k[0] for k in episodes})
+    for env in envs:
+        bases = sorted({k[3] for k in episodes if k[0] == env})
+        for b in bases:
+            unsteered = {k[4]: v for k, v in episodes.items() if k[0] == env and k[1] == "unsteered" and k[3] == b}
+            if unsteered:
+                x = np.concatenate([unsteered[s] for s in sorted(unsteered)])
+                lines.append(f"| {env} | {b} | unsteered | — | {_estimate_cell(mean_interval(x))} | — | — |")
+            for method in ("discriminator", "rrf"):
+                guides = sorted({k[2] for k in episodes if k[0] == env and k[1] == method and k[3] == b})
+                for m in guides:
+                    mine = {k[4]: v for k, v in episodes.items() if k[:4] == (env, method, m, b)}
+                    pairs = [(mine[s], unsteered[s]) for s in sorted(mine) if s in unsteered
+                             and len(unsteered[s]) == len(mine[s])]
+                    x = np.concatenate([mine[s] for s in sorted(mine)])
+                    d = paired_difference(np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0),
+                                          np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0))
+                    lines.append(f"| {env} | {b} | {method} | {m} | {_estimate_cell(mean_interval(x))} | "
+                                 f"{_estimate_cell(d)} | {'yes' if d.excludes_zero else 'no'} |")
+    paper = [f"{env} {' → '.join(f'{v:.2f}' for v in PAPER_TABLE2[env.split('-')[0].lower()])}" for env in envs
+             if env.split("-")[0].lower() in PAPER_TABLE2]
+    if paper:
+        lines += ["", "The paper's Table 2 (unsteered → relative reward, D4RL v2, 512 rollouts, 5 seeds): "
+                  + "; ".join(paper) + "."]
+    return lines
 
 
 def method_scores(episodes: dict, env: str, method: str, model_seeds=None) -> np.ndarray:
@@ -116,7 +161,7 @@ def protocol_card(spec) -> list[str]:
                f"T = {spec.diffusion.n_timesteps} denoising steps (paper: {PAPER_T})",
                "the paper chose ω and t_stopgrad on the rollouts it reported; here they are chosen on separate "
                "selection rollouts"]
-    return ["## Protocol", "",
+    return (["## Protocol", "",
             f"- **Selected on selection rollouts:** each steered method's setting, {search} ({s.search}), chosen "
             f"per environment and model seed by the mean D4RL score of {r.n_envs} rollouts × selection seeds "
             f"{s.selection_seeds}; ties go to the smaller ω. Nothing else is tuned on rollouts.",
@@ -125,14 +170,16 @@ def protocol_card(spec) -> list[str]:
             "environment i with seed 10000·s + i and draws the planner's noise from seed 1000003·s + step, so "
             "steered and unsteered report rollouts share starts and noise and differ pairwise only by the guidance.",
             f"- **Seeds:** model seeds {spec.seeds}; each trains its own base and expert diffusers, relative reward "
-            "and discriminator and chooses its own setting. The datasets are the same for every model seed.",
-            f"- **Rollouts:** receding horizon: plan H = {', '.join(str(spec.horizon(e)) for e in spec.environments)} "
+            "and discriminator and chooses its own setting. The datasets are the same for every model seed."] + ([f"- **Transfer:** base diffusers of seeds {spec.transfer_seeds} (trained like the model seeds' "
+                "bases, never seen by a reward or a selection) are steered by each model seed's guides at that model "
+                "seed's chosen setting, on the report seeds."] if spec.transfer_seeds else []) +
+            [f"- **Rollouts:** receding horizon: plan H = {', '.join(str(spec.horizon(e)) for e in spec.environments)} "
             f"steps, execute the first action, re-plan every step; at most {r.max_steps} steps.",
             "- **Normalisation:** D4RL score 100 (R − R_min) / (R_max − R_min) with D4RL's reference returns.",
             "- **Intervals:** 95% bootstrap (BCa) over report episodes for a mean and for a paired difference; "
             "across model seeds, rliable's interquartile mean with a stratified-bootstrap interval and the "
             "probability of improvement (with two or more model seeds).",
-            "- **Differs from the paper:** " + "; ".join(differs) + ".", ""]
+            "- **Differs from the paper:** " + "; ".join(differs) + ".", ""])
 
 
 def markdown(results: list[dict], problems: list[dict], sweep_name: str, data: dict | None = None,
@@ -210,6 +257,7 @@ def markdown(results: list[dict], problems: list[dict], sweep_name: str, data: d
         bold = "**" if c is not None and (c.omega, c.t_stopgrad) == (s.omega, s.t_stopgrad) else ""
         lines.append(f"| {s.env} | {s.method} | {s.model_seed} | {bold}{s.omega:g}{bold} | {s.t_stopgrad} | "
                      f"{bold}{s.mean:.2f} ± {s.se:.2f}{bold} | {len(s.scores)} |")
+    lines += transfer_lines(results)
     if problems:
         lines += ["", f"## Trials without a result ({len(problems)})", ""]
         lines += [f"- {p['trial_id']}: {p.get('status')}" + (f" — {p['error']}" if p.get("error") else "")

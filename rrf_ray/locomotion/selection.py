@@ -16,7 +16,13 @@ import numpy as np
 
 from rrf_ray.metrics.intervals import standard_error
 
-SELECTION, REPORT = "selection", "report"
+SELECTION, REPORT, TRANSFER = "selection", "report", "transfer"  # TRANSFER: report seeds, other base diffusers
+
+
+def base_seed_of(row: dict) -> int:
+    """The seed of the base diffuser a rollout trial planned with: its model seed unless a transfer row says."""
+    b = row.get("base_seed")
+    return int(row["model_seed"] if b is None else b)
 
 
 @dataclass

@@ -139,6 +139,9 @@ class LocomotionSweepSpec(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1,
                              description="model seeds: each trains its own diffusers, reward and discriminator and "
                              "chooses its own settings (the data is shared; rollout seeds are search.*_seeds)")
+    transfer_seeds: list[int] = Field(default_factory=list, description="seeds of further base diffusers (none "
+                                      "of `seeds`), each steered by every model seed's reward and discriminator at "
+                                      "the setting chosen for it, never re-tuned: the paper's transfer table")
     windows: WindowSpec = Field(default_factory=lambda: WindowSpec(horizon=32, stride=1, pad_end=True))
     diffusion: DiffusionSpec = Field(default_factory=lambda: DiffusionSpec(
         n_timesteps=20, prediction="sample", clip_denoised=False, batch_size=32, train_steps=1_000_000,
@@ -160,8 +163,19 @@ class LocomotionSweepSpec(Strict):
             raise ValueError(f"seeds repeat: {seeds}")
         return seeds
 
+    @field_validator("transfer_seeds")
+    @classmethod
+    def _distinct_transfer_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"transfer_seeds repeat: {seeds}")
+        return seeds
+
     @model_validator(mode="after")
     def _consistent(self) -> "LocomotionSweepSpec":
+        shared = sorted(set(self.seeds) & set(self.transfer_seeds))
+        if shared:
+            raise ValueError(f"transfer_seeds and seeds share {shared}: a transfer base must be one the reward "
+                             "and its setting never saw")
         if self.reward.kind != "value_unet":
             raise ValueError("locomotion: reward.kind must be value_unet (a window MLP is the Maze2D reward)")
         if self.windows.stride != 1:

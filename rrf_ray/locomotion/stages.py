@@ -12,8 +12,10 @@ Stages, each idempotent (content-addressed artifacts under the sweep directory, 
      each trial runs vectorised receding-horizon rollouts and records their D4RL-normalised scores;
   5. report rollouts: per environment and model seed, the unsteered planner and each steered
      method's chosen setting (locomotion.selection) on the report seeds, fresh rollouts that
-     share their environment and noise seeds across methods (so differences are paired);
-  6. the report (protocol card, Table 1 from the report rollouts, paired differences, seeds).
+     share their environment and noise seeds across methods (so differences are paired); with
+     `transfer_seeds`, the same on base diffusers of those seeds (trained in stage 2), each
+     steered by every model seed's reward and discriminator at that model seed's chosen setting;
+  6. the report (protocol card, Table 1 from the report rollouts, paired differences, transfer).
 `--resume` restores each stage's Tuner and reuses finished artifacts and trial results.
 """
 
@@ -30,7 +32,7 @@ from rrf_ray.engine.artifacts import artifact_key
 from rrf_ray.engine.stages import (Search, SweepPaths, copy_checkpoint, raise_if_any_failed, recorded_trial,
                                    run_stage, tune_report_callbacks, write_sweep_files)
 from rrf_ray.engine.storage import SweepStorage
-from rrf_ray.locomotion.selection import REPORT, SELECTION
+from rrf_ray.locomotion.selection import REPORT, SELECTION, TRANSFER, base_seed_of
 from rrf_ray.locomotion.spec import LocomotionSweepSpec
 from rrf_ray.rrf.extract import extraction_keys
 
@@ -44,18 +46,27 @@ ROLLOUT_METRICS = ["score", "score_se", "return_mean", "length_mean"]
 # -- the trial table --------------------------------------------------------------------
 
 def trial_id(env: str, method: str, omega: float | None, t_stopgrad: int | None, model_seed: int, phase: str,
-             seed: int | None) -> str:
+             seed: int | None, base_seed: int | None = None) -> str:
     parts = [env, method]
     if method != "unsteered":
         parts += [f"w{omega:g}", f"ts{t_stopgrad}"]
-    parts += [f"model{model_seed}", phase + ("-seeds" if seed is None else str(seed))]
+    parts += [f"model{model_seed}"]
+    if base_seed is not None and base_seed != model_seed:
+        parts += [f"base{base_seed}"]
+    parts += [phase + ("-seeds" if seed is None else str(seed))]
     return "-".join(parts)
 
 
-def _row(env: str, method: str, omega: float, t: int, model_seed: int, phase: str, seed: int) -> dict:
-    return {"trial_id": trial_id(env, method, omega, t, model_seed, phase, seed), "env": env, "method": method,
-            "omega": float(omega), "t_stopgrad": int(t), "model_seed": int(model_seed), "phase": phase,
-            "seeds": [int(seed)]}
+def _row(env: str, method: str, omega: float, t: int, model_seed: int, phase: str, seed: int,
+         base_seed: int | None = None) -> dict:
+    """One rollout trial. `model_seed` names the guide (reward or discriminator) and, unless `base_seed`
+    says otherwise, the base diffuser that plans."""
+    row = {"trial_id": trial_id(env, method, omega, t, model_seed, phase, seed, base_seed), "env": env,
+           "method": method, "omega": float(omega), "t_stopgrad": int(t), "model_seed": int(model_seed),
+           "phase": phase, "seeds": [int(seed)]}
+    if base_seed is not None:
+        row["base_seed"] = int(base_seed)
+    return row
 
 
 def selection_table(spec: LocomotionSweepSpec) -> list[dict]:
@@ -82,6 +93,24 @@ def report_table(spec: LocomotionSweepSpec, chosen: dict) -> list[dict]:
                 else:
                     continue
                 rows += [_row(env, method, *setting, m, REPORT, seed) for seed in spec.search.report_seeds]
+    return rows
+
+
+def transfer_table(spec: LocomotionSweepSpec, chosen: dict) -> list[dict]:
+    """The transfer trials on the report seeds: per environment and transfer base b, the unsteered planner
+    of base b (model seed b: no guide), and every model seed's steered methods at that model seed's chosen
+    setting, planning with base b instead of their own base."""
+    rows = []
+    for env in spec.environments:
+        for b in spec.transfer_seeds:
+            if "unsteered" in spec.search.methods:
+                rows += [_row(env, "unsteered", 0.0, 0, b, TRANSFER, seed) for seed in spec.search.report_seeds]
+            for m in spec.seeds:
+                for method in spec.search.steered_methods:
+                    c = chosen.get((env, method, m))
+                    if c is not None:
+                        rows += [_row(env, method, c.omega, c.t_stopgrad, m, TRANSFER, seed, base_seed=b)
+                                 for seed in spec.search.report_seeds]
     return rows
 
 
@@ -127,7 +156,7 @@ def guide_key(spec: LocomotionSweepSpec, env: str, method: str, fingerprints: di
 
 def rollout_key(spec: LocomotionSweepSpec, row: dict, fingerprints: dict) -> str:
     env, m = row["env"], row["model_seed"]
-    return artifact_key("loco-rollout", model_key(spec, env, "base", fingerprints, m),
+    return artifact_key("loco-rollout", model_key(spec, env, "base", fingerprints, base_seed_of(row)),
                         guide_key(spec, env, row["method"], fingerprints, m), row["omega"], row["t_stopgrad"],
                         row["seeds"], spec.search.n_guide_steps, spec.search.scale_grad_by_std,
                         None if spec.search.guidance_form == "janner" else spec.search.guidance_form,
@@ -236,9 +265,9 @@ def rollout_metrics(spec: LocomotionSweepSpec, paths: SweepPaths, row: dict, fin
     set_threads(spec.rollout.threads)
     device = torch.device("cuda" if spec.rollout.gpus > 0 and torch.cuda.is_available() else "cpu")
     configure_precision(device)
-    env, method, m = row["env"], row["method"], row["model_seed"]
-    base_dir = paths.artifacts.require("diffusers", model_key(spec, env, "base", fingerprints, m),
-                                       f"the base diffuser of {env} (model seed {m})")
+    env, method, m, b = row["env"], row["method"], row["model_seed"], base_seed_of(row)
+    base_dir = paths.artifacts.require("diffusers", model_key(spec, env, "base", fingerprints, b),
+                                       f"the base diffuser of {env} (seed {b})")
     planner = load_diffuser(base_dir, device=device)
     guide = load_guide(spec, paths, env, method, fingerprints, m, device)
     guidance = guidance_spec(row["omega"], row["t_stopgrad"], spec.search.n_guide_steps,
@@ -264,7 +293,7 @@ def run_rollout_trial(config: dict, spec: LocomotionSweepSpec, storage: SweepSto
         "seeds": list(spec.search.selection_seeds)}
     row.setdefault("trial_id", trial_id(row["env"], row["method"], row["omega"], row["t_stopgrad"],
                                         row["model_seed"], row["phase"],
-                                        row["seeds"][0] if len(row["seeds"]) == 1 else None))
+                                        row["seeds"][0] if len(row["seeds"]) == 1 else None, row.get("base_seed")))
     paths = SweepPaths(storage)
     tid = row["trial_id"]
     fingerprints = read_fingerprints(storage)
@@ -342,11 +371,12 @@ def run_locomotion_sweep(spec: LocomotionSweepSpec, storage: SweepStorage, resum
 
     models = ["base"] + (["expert"] if "rrf" in methods else []) + \
         (["discriminator"] if "discriminator" in methods else [])
-    print(f"[locomotion] stage 2/6: models ({', '.join(models)}) of {', '.join(envs)}, model seeds {seeds}",
-          flush=True)
-    grid = run_stage(STAGE_MODELS, train_model,
-                     {"job": tune.grid_search([{"env": e, "model": m, "seed": s}
-                                               for e in envs for s in seeds for m in models])},
+    transfer = spec.transfer_seeds
+    print(f"[locomotion] stage 2/6: models ({', '.join(models)}) of {', '.join(envs)}, model seeds {seeds}"
+          + (f", transfer bases {transfer}" if transfer else ""), flush=True)
+    jobs = [{"env": e, "model": m, "seed": s} for e in envs for s in seeds for m in models]
+    jobs += [{"env": e, "model": "base", "seed": b} for e in envs for b in transfer]
+    grid = run_stage(STAGE_MODELS, train_model, {"job": tune.grid_search(jobs)},
                      spec, storage, resume, ["step", "loss", "val_accuracy"])
     raise_if_any_failed(grid, "model training")
     if "rrf" in methods:
@@ -368,10 +398,12 @@ def run_locomotion_sweep(spec: LocomotionSweepSpec, storage: SweepStorage, resum
                 for seed in seeds:
                     run_optuna_stage(spec, storage, resume, env, method, seed)
     storage.pull("trials", refresh=True)
-    report_rows = report_table(spec, chosen_settings(load_results(sweep_dir)[0]))
+    chosen = chosen_settings(load_results(sweep_dir)[0])
+    report_rows = report_table(spec, chosen) + transfer_table(spec, chosen)
     write_sweep_files(storage, {"trials.json": json.dumps(selection + report_rows, indent=1)})
     print(f"[locomotion] stage 5/6: report rollouts of the chosen settings ({len(report_rows)} trials on fresh "
-          f"seeds {s.report_seeds})", flush=True)
+          f"seeds {s.report_seeds}" + (f", transfer bases {transfer} included" if transfer else "") + ")",
+          flush=True)
     if report_rows:
         run_stage(STAGE_REPORT, _unpack_rollout, {"trial": tune.grid_search(report_rows)}, spec, storage, resume,
                   ROLLOUT_METRICS, trial_resources=_trial_resources(spec))
@@ -407,7 +439,10 @@ def dry_run(spec: LocomotionSweepSpec) -> str:
         lines.append(f"  {env}: {e.env_id}, base {e.base_dataset}, expert {e.expert_dataset}, H = {spec.horizon(env)}")
     missing = missing_datasets_message(spec)
     lines.append("  all datasets present" if missing is None else "  WARNING: " + missing.replace("\n", "\n  "))
-    lines += [f"stage 2 models: {len(models) * n_envs * n_seeds} Ray Train runs ({', '.join(models)} x model seeds; "
+    n_transfer = len(spec.transfer_seeds)
+    lines += [f"stage 2 models: {len(models) * n_envs * n_seeds + n_envs * n_transfer} Ray Train runs "
+              f"({', '.join(models)} x model seeds" + (f", base x transfer seeds {spec.transfer_seeds}" if n_transfer
+                                                        else "") + "; "
               f"diffusers {spec.diffusion.train_steps:,} steps, discriminator {spec.discriminator.train_steps:,}; "
               f"{per_run})"]
     if "rrf" in s.methods:
@@ -426,8 +461,10 @@ def dry_run(spec: LocomotionSweepSpec) -> str:
                      f"[{min(s.omegas)}, {max(s.omegas)}], t_stopgrad in {s.t_stopgrads}), each over selection "
                      f"seeds {s.selection_seeds}, {each}")
     n_report = n_envs * n_seeds * len(s.methods) * len(s.report_seeds)
+    n_report_transfer = n_envs * n_transfer * (("unsteered" in s.methods) + n_seeds * n_steered) * len(s.report_seeds)
     lines += [f"stage 5 report rollouts: {n_report} trials (unsteered and each steered method's chosen setting x "
-              f"model seeds x fresh report seeds {s.report_seeds}), {each}",
+              f"model seeds x fresh report seeds {s.report_seeds}), {each}"
+              + (f"; transfer: {n_report_transfer} more on bases {spec.transfer_seeds}" if n_transfer else ""),
               "stage 6 report: report.md (protocol card, Table 1, paired differences), results.csv, "
               "figures/score_vs_omega.png", ""]
     if rows:
@@ -436,8 +473,9 @@ def dry_run(spec: LocomotionSweepSpec) -> str:
         lines += [f"{t['trial_id']:<54} {t['env']:<12} {t['method']:<14} {t['omega']:>7g} {t['t_stopgrad']:>6} "
                   f"{t['model_seed']:>5} {t['seeds'][0]:>4}" for t in rows]
     n_rollouts = spec.rollout.n_envs * spec.rollout.max_steps
+    n_report += n_report_transfer
     n_trials = n_selection + n_report
-    n_diffusers = n_envs * n_seeds * (1 + ("rrf" in s.methods))
+    n_diffusers = n_envs * n_seeds * (1 + ("rrf" in s.methods)) + n_envs * n_transfer
     work = {"diffuser_samples_per_s": n_diffusers * spec.diffusion.train_steps * spec.diffusion.batch_size,
             "plans_per_s": n_trials * n_rollouts}
     if "rrf" in s.methods:

@@ -141,6 +141,9 @@ def test_specs_validate_and_the_paper_profile_dry_runs():
     assert r.returncode == 2 and "t_stopgrads" in r.stderr
     r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "seeds=[0, 1]")  # model seeds: every model twice
     assert r.returncode == 0 and "6 Ray Train runs" in r.stdout and "8 selection trials + 6 report trials" in r.stdout
+    r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "seeds=[0, 1]", "--set", "transfer_seeds=[9]")
+    # + a base diffuser of seed 9; + its unsteered and 2 model seeds x 2 steered methods on report seed 1
+    assert r.returncode == 0 and "7 Ray Train runs" in r.stdout and "8 selection trials + 11 report trials" in r.stdout
     r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "search.omegas=[0.0, 0.5]")
     assert r.returncode == 2 and "search.omegas" in r.stderr and "unsteered" in r.stderr
     r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "search.report_seeds=[0]")
@@ -177,7 +180,7 @@ def tiny_sweep(datasets, tmp_path_factory, ray_local):
     storage = tmp_path_factory.mktemp("loco-results")
     address = ray.get_runtime_context().gcs_address
     r = sweep_cli("locomotion-tiny", "--storage", storage, "--address", address,
-                  "--set", f"datasets_root={root}", timeout=900)
+                  "--set", f"datasets_root={root}", "--set", "transfer_seeds=[9]", timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return storage / "locomotion-tiny"
 
@@ -203,7 +206,8 @@ def test_tiny_profile_runs_end_to_end_and_writes_table_and_plot(tiny_sweep):
     assert cells[2] == f"{data['base']['score']:.2f} ± {data['base']['score_se']:.2f}"
     assert cells[6] == f"{data['expert']['score']:.2f} ± {data['expert']['score_se']:.2f}"
     lines = (tiny_sweep / "results.csv").read_text().splitlines()
-    assert len(lines) == 1 + 4 + 3 and all(",ok," in line for line in lines[1:])  # 4 selection + 3 report trials
+    # 4 selection + 3 report trials + 3 on the transfer base (unsteered, each steered method's choice)
+    assert len(lines) == 1 + 4 + 3 + 3 and all(",ok," in line for line in lines[1:])
     assert mpimg.imread(tiny_sweep / "figures" / "score_vs_omega.png").shape[0] > 100
     tune_results = list((tiny_sweep / "stage5-report-rollouts").rglob("result.json"))
     assert any('"score"' in p.read_text() for p in tune_results)  # scores reached Tune
@@ -223,6 +227,14 @@ def test_tiny_profile_runs_end_to_end_and_writes_table_and_plot(tiny_sweep):
         assert c.omega == (0.5, 2.0)[int(np.argmax(sel))]
         assert (tiny_sweep / "trials" / f"halfcheetah-{method}-w{c.omega:g}-ts1-model0-report1").is_dir()
         assert not (tiny_sweep / "trials" / f"halfcheetah-{method}-w{2.5 - c.omega:g}-ts1-model0-report1").exists()
+        # the same choice steers the transfer base (seed 9), on the same report seed
+        moved = _result(tiny_sweep, f"halfcheetah-{method}-w{c.omega:g}-ts1-model0-base9-transfer1")
+        assert moved["base_seed"] == 9 and np.isfinite(moved["metrics"]["score"])
+    # base 9 is another diffuser: on the same starts and noise its unsteered plans score differently
+    own = _result(tiny_sweep, "halfcheetah-unsteered-model0-report1")["metrics"]["scores"]
+    other = _result(tiny_sweep, "halfcheetah-unsteered-model9-transfer1")["metrics"]["scores"]
+    assert len(own) == len(other) == 2 and own != other
+    assert "## Transfer to base diffusers of other seeds" in report and "| halfcheetah | 9 | rrf | 0 |" in report
 
 
 @pytest.mark.slow

@@ -2,11 +2,12 @@
 rollouts, steered vs unsteered as a paired difference. Planted results, no rollouts: the report's logic alone."""
 
 import numpy as np
+import pytest
 
 from rrf_ray.engine.loading import load_spec
 from rrf_ray.locomotion.report import markdown, report_episodes
-from rrf_ray.locomotion.selection import chosen_settings
-from rrf_ray.locomotion.stages import report_table, selection_table
+from rrf_ray.locomotion.selection import base_seed_of, chosen_settings
+from rrf_ray.locomotion.stages import report_table, selection_table, transfer_table
 from rrf_ray.metrics.aggregate import paired_difference
 
 N = 64
@@ -98,3 +99,46 @@ def test_grids_hold_no_omega_zero_and_report_rows_follow_the_choice():
     assert steered == {("rrf", 0): 2.0, ("discriminator", 0): 2.0, ("rrf", 1): 0.5, ("discriminator", 1): 0.5}
     assert {r["seeds"][0] for r in report} == set(spec.search.report_seeds)
     assert sum(r["method"] == "unsteered" for r in report) == 2  # one per model seed
+
+
+def test_transfer_steers_other_bases_at_each_model_seeds_choice_paired_with_the_same_base():
+    spec = load_spec("locomotion-tiny", ["seeds=[0, 1]", "transfer_seeds=[7]"])
+    rows = selection_table(spec)
+    results = [_result(r["method"], r["omega"], r["t_stopgrad"], "selection", r["seeds"][0],
+                       [r["omega"] if r["model_seed"] == 0 else -r["omega"]], model_seed=r["model_seed"]) for r in rows]
+    transfer = transfer_table(spec, chosen_settings(results))
+    assert {r["phase"] for r in transfer} == {"transfer"} and {r["seeds"][0] for r in transfer} == {1}
+    unsteered = [r for r in transfer if r["method"] == "unsteered"]
+    assert len(unsteered) == 1 and base_seed_of(unsteered[0]) == 7 == unsteered[0]["model_seed"]
+    steered = {(r["method"], r["model_seed"]): (r["omega"], base_seed_of(r)) for r in transfer
+               if r["method"] != "unsteered"}  # each model seed's own choice, never re-tuned, on base 7
+    assert steered == {("rrf", 0): (2.0, 7), ("discriminator", 0): (2.0, 7), ("rrf", 1): (0.5, 7),
+                       ("discriminator", 1): (0.5, 7)}
+    assert len({r["trial_id"] for r in transfer}) == len(transfer)
+    assert not {r["trial_id"] for r in transfer} & {r["trial_id"] for r in report_table(spec, chosen_settings(results))}
+
+    # the table pairs each guide's rollouts with base 7's unsteered ones: a planted gain of 1 under shared noise
+    rng = np.random.default_rng(4)
+    noise = rng.normal(0, 1, N)
+    planted_rows = {("unsteered", 7): 8.0, ("rrf", 0): 9.0, ("rrf", 1): 7.0}
+    for r in transfer:
+        key = (r["method"], r["model_seed"])
+        if key in planted_rows:
+            scores = planted_rows[key] + noise + (0 if key[0] == "unsteered" else rng.normal(0, 0.05, N))
+            results.append({**_result(r["method"], r["omega"], r["t_stopgrad"], "transfer", 1, scores,
+                                      model_seed=r["model_seed"]), "base_seed": r.get("base_seed")})
+    text = markdown(results, [], "planted", spec=spec)
+    assert "## Transfer to base diffusers of other seeds" in text and "**Transfer:** base diffusers of seeds [7]" in text
+    gain = next(x for x in text.splitlines() if x.startswith("| halfcheetah | 7 | rrf | 0 |"))
+    loss = next(x for x in text.splitlines() if x.startswith("| halfcheetah | 7 | rrf | 1 |"))
+    assert gain.rstrip().endswith("| yes |") and "| 1.0" in gain
+    assert loss.rstrip().endswith("| yes |") and "| -1.0" in loss
+    assert "33.06" in text  # the paper's Table 2 beside it
+    assert not any(x.startswith("| halfcheetah | 7 | discriminator |") for x in text.splitlines())  # no results: no row
+
+
+def test_transfer_seeds_must_be_new_bases():
+    from rrf_ray.engine.spec import ConfigError
+
+    with pytest.raises(ConfigError, match="transfer_seeds"):
+        load_spec("locomotion-tiny", ["seeds=[0, 1]", "transfer_seeds=[1]"])
