@@ -27,7 +27,9 @@ from rrf_ray.metrics.aggregate import NAN_ESTIMATE, iqm, probability_of_improvem
 LABELS = {"base": "Base diffuser", "true_reward": "Base + true reward: oracle (uses the true reward)",
           "irl_mse": "Algorithm 4, MSE", "irl_mmd_gauss": "Algorithm 4, MMD Gauss",
           "irl_mmd_matern": "Algorithm 4, MMD Matérn", "bc": "Behaviour cloning",
-          "rrf": "Relative reward (base vs expert diffuser)"}
+          "rrf": "Relative reward (base vs expert diffuser)", "gail": "GAIL (imitation; its PPO policy)",
+          "airl": "AIRL (imitation; its PPO policy, its reward g(s))",
+          "airl_guided": "Base + AIRL's reward g(s) as guide"}
 NET_WORDS = {"window": "per-step MLP of the position", "plan": "MLP over the flattened plan"}
 THESIS = {"horizon": 128, "n_timesteps": 64, "train_steps": 2_000_000, "stride": 1, "rollouts": 100,
           "base_transitions": 1_000_000}
@@ -87,20 +89,28 @@ def summarise(spec: IRLExperimentSpec, rows: list[dict], reps: int | None = None
         # Pooled over rollouts: the mean of the seeds' means, the std from the seeds' stds and means.
         pooled_std = float(np.sqrt(np.mean(stds ** 2 + (means - means.mean()) ** 2))) if len(finite) else math.nan
         normalised = {r["seed"]: norm.get((method, net, r["seed"]), math.nan) for r in ok}
-        ercs = {r["seed"]: r.get("erc") for r in ok} if spec.learns_reward(method) else {}
+        ercs = {r["seed"]: r.get("erc") for r in ok} if spec.scores_reward(method) else {}
+        per_step = spec.scores_reward(method) and spec.per_step(method, net)
+        epics = {r["seed"]: r.get("epic") for r in ok} if per_step else {}
+        starcs = {r["seed"]: r.get("starc") for r in ok} if per_step else {}
         row = {"method": method, "net": net, "trials": len(mine), "ok": len(ok),
                "failed": [r["trial_id"] for r in mine if r.get("status") != "ok"],
                "return_mean": float(means.mean()) if len(finite) else math.nan, "return_std": pooled_std,
                "returns_per_seed": returns, "normalised_per_seed": normalised, "erc_per_seed": ercs,
+               "epic_per_seed": epics, "starc_per_seed": starcs, "per_step": per_step,
                "scales_per_seed": {r["seed"]: r.get("guidance_scale") for r in ok},
                "nan_return": sorted(s for s, v in returns.items() if not _finite(v)),
                "nan_normalised": sorted(s for s, v in normalised.items() if not _finite(v)),
-               "nan_erc": sorted(s for s, v in ercs.items() if not _finite(v))}
+               "nan_erc": sorted(s for s, v in ercs.items() if not _finite(v)),
+               "nan_epic": sorted(s for s, v in epics.items() if not _finite(v))}
         scores = {"normalised": [v for v in normalised.values() if _finite(v)],
-                  "erc": [v for v in ercs.values() if _finite(v)]}
+                  "erc": [v for v in ercs.values() if _finite(v)], "epic": [v for v in epics.values() if _finite(v)],
+                  "starc": [v for v in starcs.values() if _finite(v)]}
         est = iqm({k: np.asarray(v, dtype=float) for k, v in scores.items() if v}, **kw)
         row["normalised_iqm"] = est.get("normalised", NAN_ESTIMATE)
         row["erc_iqm"] = est.get("erc", NAN_ESTIMATE)
+        row["epic_iqm"] = est.get("epic", NAN_ESTIMATE)
+        row["starc_iqm"] = est.get("starc", NAN_ESTIMATE)
         mine_returns = [v for v in returns.values() if _finite(v)]
         row["p_improvement"] = (probability_of_improvement(np.asarray(mine_returns), np.asarray(base_returns), **kw)
                                 if method != "base" and mine_returns and base_returns else NAN_ESTIMATE)
@@ -194,7 +204,13 @@ def protocol_card(spec: IRLExperimentSpec, rows: list[dict]) -> list[str]:
               "with one seed), and P(return > base's) over the seeds' mean returns (rliable).",
               f"- **ERC** (Pearson distance, lower is better) between learned and true returns of {v.erc_windows} "
               f"{w.horizon}-row windows drawn uniformly across the held-out episodes of that seed's base data (the "
-              "coverage set: reward-agnostic data no reward trained on)."]
+              "coverage set: reward-agnostic data no reward trained on).",
+              f"- **EPIC and STARC** (Gleave et al. 2021; Skalse et al. 2024; metrics/reward_distance.py) between the "
+              f"learned and the true per-step reward, both as the reward of arriving in s', canonicalised at γ = 1 "
+              f"(returns here are undiscounted), over one transition drawn from each of those {v.erc_windows} "
+              "windows (the canonical sample: the same transitions' states and actions), with a 95% BCa bootstrap "
+              "interval per trial. Unlike ERC they do not see potential shaping. Only rewards of one state have a "
+              "per-step form (the window nets, AIRL's g(s)); a plan net scores whole plans and gets ERC only."]
     diffs = []
     for what, mine, thesis in (("planning horizon H", w.horizon, THESIS["horizon"]),
                                ("diffusion steps T", spec.diffusion.n_timesteps, THESIS["n_timesteps"]),
@@ -227,16 +243,19 @@ def render_markdown(spec: IRLExperimentSpec, rows: list[dict], summary: list[dic
         lines.append(f"| {_label(s['method'], s['net'])} | {s['net'] or '—'} | {_scale_text(spec, s)} "
                      f"| {_f(s['return_mean'])} ± {_f(s['return_std'])} | {_per_seed(s['normalised_per_seed'], 2)} "
                      f"| {s['normalised_iqm'].format()} | {poi} | {_counts(s, 'nan_normalised')} | {t_ret} |")
-    learned = [s for s in summary if spec.learns_reward(s["method"])]
+    learned = [s for s in summary if spec.scores_reward(s["method"])]
     if learned:
-        lines += ["", "## Reward quality (ERC, lower is better)", "",
-                  "| method | net | ERC, per seed | ERC IQM [95% CI] | trials ok | thesis ERC |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "## Reward quality (ERC, EPIC, STARC: distances to the true reward, lower is better)", "",
+                  "| method | net | ERC, per seed | ERC IQM [95% CI] | EPIC, per seed | EPIC IQM [95% CI] "
+                  "| STARC IQM [95% CI] | trials ok | thesis ERC |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for s in learned:
-            thesis = THESIS_UMAZE.get(s["method"]) if s["net"] == "plan" else None
+            thesis = THESIS_UMAZE.get(s["method"]) if s["net"] in (None, "plan") else None
             t_erc = f"{thesis[2]:.3f}" if thesis and thesis[2] is not None else "—"
-            lines.append(f"| {_label(s['method'], s['net'])} | {s['net']} | {_per_seed(s['erc_per_seed'], 3)} "
-                         f"| {s['erc_iqm'].format(3)} | {_counts(s, 'nan_erc')} | {t_erc} |")
+            epic = (_per_seed(s["epic_per_seed"], 3), s["epic_iqm"].format(3), s["starc_iqm"].format(3)) \
+                if s["per_step"] else ("plan-level: ERC only",) * 3
+            lines.append(f"| {_label(s['method'], s['net'])} | {s['net'] or '—'} | {_per_seed(s['erc_per_seed'], 3)} "
+                         f"| {s['erc_iqm'].format(3)} | {' | '.join(epic)} | {_counts(s, 'nan_erc')} | {t_erc} |")
     lines += ["", "Thesis figures are its Table 1 (its own rollout length and coordinates, the plan net); compare "
               "normalised returns, not raw ones. \"NaN\": a finished trial whose value is not finite (counted, not "
               "averaged); the IQM is over the finite ones."]
@@ -365,7 +384,8 @@ def write_report(sweep_dir, reps: int | None = None) -> Path:
             figures.append(f"figures/{name}.png")
     buf = io.StringIO()
     fields = ["trial_id", "method", "net", "seed", "status", "guidance_scale", "scale_rule", "return_mean",
-              "return_std", "normalised_return", "erc", "n_rollouts", "selection_s", "learn_s", "rollouts_s", "erc_s"]
+              "return_std", "normalised_return", "erc", "epic", "epic_low", "epic_high", "starc", "n_rollouts", "selection_s", "learn_s",
+              "rollouts_s", "erc_s", "epic_s"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     norm = normalised_returns(rows)

@@ -25,14 +25,18 @@ from rrf_ray.maze2d.spec import DataSpec, ExpertSpec
 from rrf_ray.rrf.spec import PregenSpec, RewardSpec
 
 Metric = Literal["mse", "mmd_gauss", "mmd_matern"]
-Method = Literal["base", "true_reward", "irl_mse", "irl_mmd_gauss", "irl_mmd_matern", "bc", "rrf"]
+Method = Literal["base", "true_reward", "irl_mse", "irl_mmd_gauss", "irl_mmd_matern", "bc", "rrf", "gail", "airl",
+                 "airl_guided"]
 Net = Literal["window", "plan"]
 LEARNED_REWARDS = ("irl_mse", "irl_mmd_gauss", "irl_mmd_matern", "rrf")  # the methods with a net and a selection
+ADVERSARIAL = ("gail", "airl")  # imitation's trainers (irl/adversarial.py); airl_guided: AIRL's reward guiding the base
+SELECTED_SCALES = LEARNED_REWARDS + ("airl_guided",)  # the methods whose guidance scale `selection` may choose
 WINDOW_INPUT_DIMS = [2, 3]  # the ball's position in a Maze2D row [action (2) | x, y, vx, vy]
 THESIS_UMAZE = {  # its Table 1 (U-maze): return mean, std, ERC
     "base": (2709.87, 199.81, None), "true_reward": (3569.82, 243.84, None),
     "irl_mse": (3578.47, 237.46, 0.689), "irl_mmd_gauss": (3563.60, 262.15, 0.652),
     "irl_mmd_matern": (3557.16, 247.75, 0.457), "bc": (3535.96, 248.75, None),
+    "gail": (3782.45, 272.66, None), "airl": (3724.23, 328.94, 0.719),
 }
 
 
@@ -157,6 +161,35 @@ class BCSpec(Strict):
     learning_rate: float = Field(1e-3, gt=0.0)
 
 
+class PPOSpec(Strict):
+    """The adversarial methods' generator: stable-baselines3's PPO."""
+
+    n_steps: int = Field(2048, gt=0, description="environment steps per environment per update")
+    batch_size: int = Field(64, gt=0)
+    learning_rate: float = Field(3e-4, gt=0.0)
+    n_epochs: int = Field(10, gt=0)
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, gt=0.0, le=1.0)
+    ent_coef: float = Field(0.0, ge=0.0)
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
+
+
+class AdversarialSpec(Strict):
+    """GAIL and AIRL through `imitation` (the thesis ran them off the shelf and gives no settings; these are
+    imitation's and stable-baselines3's defaults), on the real PointMaze from the demonstrations' starts,
+    episodes as long as the demonstrations (experts.steps), trained on the training demonstrations only."""
+
+    total_timesteps: int = Field(1_000_000, gt=0, description="generator environment steps")
+    n_envs: int = Field(8, gt=0, description="PointMaze copies the generator steps at once")
+    demo_batch_size: int = Field(1024, gt=0, description="expert transitions per discriminator batch")
+    gen_replay_buffer_capacity: int | None = Field(None, gt=0, description="None: one generator round")
+    n_disc_updates_per_round: int = Field(4, gt=0)
+    disc_learning_rate: float = Field(1e-3, gt=0.0)
+    reward_hidden: list[int] = Field(default_factory=lambda: [32, 32], min_length=1,
+                                     description="the discriminator's reward (and AIRL's potential) widths")
+    ppo: PPOSpec = Field(default_factory=PPOSpec)
+
+
 class RRFSpec(Strict):
     """Relative reward: an expert diffuser fine-tuned from the base on the expert rollouts, its reward
     extracted by the relative-reward pipeline (triples, alignment), then guiding the base."""
@@ -230,6 +263,7 @@ class IRLExperimentSpec(Strict):
     irl: Algorithm4Spec = Field(default_factory=Algorithm4Spec)
     bc: BCSpec = Field(default_factory=BCSpec)
     rrf: RRFSpec = Field(default_factory=RRFSpec)
+    adversarial: AdversarialSpec = Field(default_factory=AdversarialSpec)
     evaluation: EvaluationSpec = Field(default_factory=lambda: EvaluationSpec(
         starts=[(1, 1), (1, 2), (3, 1), (3, 2), (1, 3)], rollouts_per_start=20, steps=300))
     selection: SelectionSpec = Field(default_factory=SelectionSpec)
@@ -263,10 +297,10 @@ class IRLExperimentSpec(Strict):
         for field, values in (("seeds", self.seeds), ("nets", self.nets), ("methods", self.methods)):
             if len(set(values)) != len(values):
                 raise ValueError(f"{field} repeats an entry: {values}")
-        bad = sorted(set(self.selection.scales) - set(LEARNED_REWARDS))
+        bad = sorted(set(self.selection.scales) - set(SELECTED_SCALES))
         if bad:
             raise ValueError(f"selection.scales names {bad}: only a learned reward's scale is selected "
-                             f"({', '.join(LEARNED_REWARDS)}); the oracle keeps experts.guidance")
+                             f"({', '.join(SELECTED_SCALES)}); the oracle keeps experts.guidance")
         bad = sorted(set(self.selection.scales) - set(self.methods))
         if bad:
             raise ValueError(f"selection.scales names methods not in methods: {bad}")
@@ -312,7 +346,7 @@ class IRLExperimentSpec(Strict):
         """How a method's guidance scale is set: ("none", None) for the unguided base and BC; ("user", None):
         fixed by evaluation.guidance_scales; ("oracle", None): the demonstrators' own (experts.guidance);
         ("selected", candidates): selection.scales; ("configured", None): the method's configured scale."""
-        if method in ("base", "bc"):
+        if method in ("base", "bc", *ADVERSARIAL):
             return "none", None
         if method in self.evaluation.guidance_scales:
             return "user", None
@@ -326,6 +360,22 @@ class IRLExperimentSpec(Strict):
 
     def learns_reward(self, method: str) -> bool:
         return method in LEARNED_REWARDS
+
+    def scores_reward(self, method: str) -> bool:
+        """Whether a method's trial scores a learned reward (ERC, heatmap): the reward-learning methods and
+        AIRL (whose reward airl_guided reuses: scored once, under airl)."""
+        return method in LEARNED_REWARDS or method == "airl"
+
+    def per_step(self, method: str, net: str | None) -> bool:
+        """Whether a method's learned reward is a function of one state, so that EPIC and STARC can compare it
+        with the true per-step reward: the window nets (the relative reward's only with one-row blocks) and
+        AIRL's g(s). A plan net scores whole plans: ERC only."""
+        if method in ("airl", "airl_guided"):
+            return True
+        if net != "window":
+            return False
+        return bool(self.irl_metric(method)) or (method == "rrf" and self.rrf.reward.kind == "window_mlp"
+                                                 and self.rrf.reward.model_horizon == 1)
 
     def nets_of(self, method: str) -> list[str | None]:
         """A reward-learning method runs at every net; the others have none (one row each)."""
@@ -361,7 +411,7 @@ class IRLExperimentSpec(Strict):
         rule, candidates = self.scale_rule(method)
         g = self.guidance_for(method)
         if rule == "none":
-            return "unguided" if method == "base" else "no guidance (a policy)"
+            return "unguided" if method == "base" else "no guidance (a policy)"  # bc, gail, airl
         if rule == "configured":
             where = ("rrf.guidance" if method == "rrf" and self.rrf.guidance is not None else
                      "irl.guidance: Algorithm 4's training scale" if self.irl_metric(method) else "irl.guidance")

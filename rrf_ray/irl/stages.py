@@ -9,10 +9,11 @@ Each entry of `seeds` is a whole run: its own base data, base diffuser, experts,
      (Ray tasks, Minari datasets), or a user's Minari dataset: the training demonstrations, and the
      selection-only ones (their own rollouts and seed) that no method trains on;
   4. the relative reward's expert diffusers and training triples, a Tune grid over seeds (shared by
-     both of its nets, so made once, before the method trials);
+     both of its nets, so made once, before the method trials); GAIL and AIRL (irl/adversarial.py), a
+     Tune grid over {gail, airl} x seed, each a PPO generator against its discriminator;
   5. methods: a Tune grid over method x net x seed (a net for the reward-learning methods only), each
      trial learning its reward or policy if it has one (Algorithm 4 per metric, behaviour cloning, the
-     relative reward), choosing a learned reward's guidance scale on the selection-only experts
+     relative reward; GAIL's and AIRL's policies and AIRL's reward come from stage 4), choosing a learned reward's guidance scale on the selection-only experts
      (irl/selection.py), and evaluating it under the one protocol (irl/evaluation.py);
   6. the report (report.md with its protocol card, results.csv, figures).
 Every artifact is content-addressed and every trial recorded, so `--resume` recomputes nothing finished.
@@ -39,10 +40,11 @@ from rrf_ray.engine.stages import (
     write_sweep_files,
 )
 from rrf_ray.engine.storage import SweepStorage
-from rrf_ray.irl.spec import IRLExperimentSpec
+from rrf_ray.irl.spec import ADVERSARIAL, IRLExperimentSpec
 from rrf_ray.irl.true_reward import LinearMazeReward
 
 STAGE_BASE, STAGE_RRF, STAGE_METHODS = "stage2-base-diffusers", "stage4-rrf-experts", "stage5-methods"
+STAGE_ADVERSARIAL = "stage4-adversarial"
 
 
 def trial_id(method: str, seed: int, net: str | None = None) -> str:
@@ -96,11 +98,15 @@ def learned_key(spec: IRLExperimentSpec, method: str, seed: int, net: str | None
     """What a method's learned part (reward or policy) depends on; the base's own for the two references."""
     if method in ("base", "true_reward"):
         return artifact_key("irl-reference", base_key(spec, seed), method)
+    if method == "airl_guided":  # AIRL's reward, guiding the base: AIRL's artifact and the base it guides
+        return artifact_key("irl-learned-airl-guided", learned_key(spec, "airl", seed), base_key(spec, seed))
     parts: list = [method, experts_key(spec, seed), seed]
     if spec.irl_metric(method):
         parts.append(spec.irl_spec(net).model_dump(mode="json", exclude={"metrics", "log_every"}))
     elif method == "bc":
         parts.append(spec.bc)
+    elif method in ADVERSARIAL:  # the environment it trains in: the maze, the demonstrations' starts and length
+        parts += [spec.adversarial, spec.layout, spec.experts.starts, spec.experts.steps]
     elif method == "rrf":  # how it is rolled out: result_key
         parts.append({**spec.rrf.model_dump(mode="json", exclude={"guidance"}),
                       "reward": spec.rrf_reward(net).model_dump(mode="json")})
@@ -279,6 +285,42 @@ def prepare_rrf(config: dict, spec: IRLExperimentSpec, storage: SweepStorage) ->
     tune.report({"done": 1, "artifact": ekey})
 
 
+def adversarial_methods(spec: IRLExperimentSpec) -> list[str]:
+    """The adversarial learners stage 4 trains: gail, airl (and airl for airl_guided)."""
+    active = spec.active_methods
+    return [k for k in ADVERSARIAL if k in active or (k == "airl" and "airl_guided" in active)]
+
+
+def adversarial_artifact(spec: IRLExperimentSpec, paths: SweepPaths, kind: str, seed: int) -> Path:
+    """GAIL's or AIRL's trained generator and reward of run seed `seed` (trained now, or the finished one)."""
+    from rrf_ray.irl.adversarial import save_adversarial, train_adversarial
+
+    key = learned_key(spec, kind, seed)
+
+    def learn(directory: Path) -> None:
+        torch_threads(spec)
+        result = train_adversarial(kind, expert_episodes(spec, paths, seed), spec.maze(), spec.experts.starts,
+                                   spec.experts.steps, spec.adversarial, seed, Path(directory) / "log")
+        save_adversarial(result, directory)
+
+    return paths.artifacts.ensure("policies", key, learn)
+
+
+def train_adversarial_trial(config: dict, spec: IRLExperimentSpec, storage: SweepStorage) -> None:
+    """Tune trial: GAIL or AIRL of one run seed."""
+    from ray import tune
+
+    job = config["job"]
+    adversarial_artifact(spec, SweepPaths(storage), job["kind"], job["seed"])
+    tune.report({"done": 1, "artifact": learned_key(spec, job["kind"], job["seed"])})
+
+
+def torch_threads(spec: IRLExperimentSpec) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+
+
 def run_trial(config: dict, spec: IRLExperimentSpec, storage: SweepStorage) -> None:
     """Tune trial: one method, net and seed: learn what it learns, then evaluate it."""
     from ray import tune
@@ -327,12 +369,14 @@ def method_work(spec: IRLExperimentSpec, paths: SweepPaths, method: str, seed: i
     from rrf_ray.irl.evaluation import (
         evaluate_behaviour,
         evaluate_reward,
+        per_step_reward,
+        reward_distances,
         save_reward_heatmap,
     )
     from rrf_ray.irl.rollouts import DiffuserActor
     from rrf_ray.irl.selection import select_then_evaluate
 
-    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    torch_threads(spec)
     out.mkdir(parents=True, exist_ok=True)
     timer = PhaseTimer()
     base_dir = paths.artifacts.path("diffusers", base_key(spec, seed))
@@ -363,6 +407,17 @@ def method_work(spec: IRLExperimentSpec, paths: SweepPaths, method: str, seed: i
         timer.start("learn")
         reward, fit = learned_relative_reward(spec, paths, seed, net, base_dir, diffuser)
         metrics.update(fit)
+    elif method in (*ADVERSARIAL, "airl_guided"):
+        from rrf_ray.irl.adversarial import PolicyActor, WindowRewardOfStates, load_adversarial
+
+        kind = "airl" if method == "airl_guided" else method
+        learned = load_adversarial(paths.artifacts.require("policies", learned_key(spec, kind, seed),
+                                                           f"{kind.upper()} of seed {seed} (stage 4)"))
+        metrics.update(learned.metrics, expert_dataset=expert_source(spec, paths, seed)[0])
+        if method != "airl_guided":
+            actor = PolicyActor(learned.policy)  # the thesis: the adversarial methods' own policies
+        if kind == "airl":  # AIRL's learned reward g(s): ERC and heatmap (and the guide of airl_guided)
+            reward = WindowRewardOfStates(learned.reward, diffuser.normalizer, diffuser.model.action_dim)
     else:
         raise ValueError(f"unknown method {method!r}")
     if reward is not None:
@@ -394,6 +449,10 @@ def method_work(spec: IRLExperimentSpec, paths: SweepPaths, method: str, seed: i
         quality = evaluate_reward(reward, true_reward, held, spec.evaluation.erc_windows, seed)
         metrics["erc"] = quality.erc
         metrics["erc_windows"] = len(quality.learned)
+        if spec.per_step(method, net):
+            timer.start("epic")
+            learned = per_step_reward(reward, diffuser.normalizer, diffuser.model.action_dim)
+            metrics.update(reward_distances(learned, true_reward, held, spec.evaluation.erc_windows, seed))
         save_reward_heatmap(quality, spec.maze(), out / "heatmap.png",
                             f"{method} ({net} net) seed {seed}: learned reward, ERC {quality.erc:.3f}")
     return {**metrics, **timer.stop()}
@@ -453,6 +512,10 @@ def run_sweep(spec: IRLExperimentSpec, storage: SweepStorage, resume: bool = Fal
     from rrf_ray.irl.report import write_report
 
     check_user_experts(spec)
+    if adversarial_methods(spec):  # before any work: a missing library is the user's to install
+        from rrf_ray.irl.adversarial import require_imitation
+
+        require_imitation()
     paths = SweepPaths(storage)
     write_sweep_files(storage, {"spec.json": spec.model_dump_json(indent=1),
                                 "trials.json": json.dumps(trial_table(spec), indent=1)})
@@ -473,6 +536,14 @@ def run_sweep(spec: IRLExperimentSpec, storage: SweepStorage, resume: bool = Fal
         grid = run_stage(STAGE_RRF, prepare_rrf, {"seed": tune.grid_search(list(spec.seeds))}, spec, storage, resume,
                          ["step", "loss"])
         raise_if_any_failed(grid, "relative reward expert diffuser")
+    adversarial = adversarial_methods(spec)
+    if adversarial:
+        print(f"[sweep] stage 4/6: {' and '.join(k.upper() for k in adversarial)} (imitation, PPO generator)",
+              flush=True)
+        grid = run_stage(STAGE_ADVERSARIAL, train_adversarial_trial,
+                         {"job": tune.grid_search([{"kind": k, "seed": s} for k in adversarial for s in spec.seeds])},
+                         spec, storage, resume, ["done"])
+        raise_if_any_failed(grid, "adversarial imitation")
     trials = trial_table(spec)
     print(f"[sweep] stage 5/6: {len(trials)} method trials", flush=True)
     # The methods that learn through the reverse chain first: the longest trials start earliest.
@@ -520,6 +591,10 @@ def dry_run(spec: IRLExperimentSpec) -> str:
         "stage 4 relative reward: " + (f"{len(spec.seeds)} expert diffuser(s) "
                                       f"{spec.rrf.expert.describe(spec.diffusion)}, triples by "
                                       f"{spec.rrf.pregen.describe()}" if "rrf" in spec.active_methods else "not run"),
+        "stage 4 adversarial: " + (f"{', '.join(k.upper() for k in adversarial_methods(spec))} x seeds "
+                                   f"{spec.seeds} (imitation), {spec.adversarial.total_timesteps:,} PPO steps each "
+                                   f"in {spec.adversarial.n_envs} PointMazes of {spec.experts.steps} steps"
+                                   if adversarial_methods(spec) else "not run"),
         f"stage 5 methods: {len(trials)} trials ({', '.join(spec.active_methods)}; nets {spec.nets} for the "
         f"reward-learning methods; seeds {spec.seeds}); Algorithm 4: {irl.epochs} epochs, batch {batch}, "
         f"{irl.backprop_steps or spec.diffusion.n_timesteps} differentiable steps; evaluation: {len(v.starts)} "

@@ -17,7 +17,7 @@ from rrf_ray.data.windows import Normalizer
 from rrf_ray.engine.loading import load_spec
 from rrf_ray.irl.bc import train_bc
 from rrf_ray.irl.experts import cut_segments
-from rrf_ray.irl.spec import BCSpec
+from rrf_ray.irl.spec import SELECTED_SCALES, BCSpec
 from rrf_ray.irl.stages import learned_key, result_key, trial_table
 from rrf_ray.irl.true_reward import LinearMazeReward
 from rrf_ray.maze2d.mazes import Maze
@@ -92,7 +92,13 @@ def test_keys_and_trials_follow_the_spec():
     spec = load_spec("irl-tiny")
     assert [t["trial_id"] for t in trial_table(spec)] == [
         "base-seed0", "true_reward-seed0", "irl_mse-window-seed0", "irl_mse-plan-seed0", "bc-seed0",
-        "rrf-window-seed0", "rrf-plan-seed0"]
+        "rrf-window-seed0", "rrf-plan-seed0", "gail-seed0", "airl-seed0", "airl_guided-seed0"]
+    # GAIL and AIRL: their own settings and environment; airl_guided reuses AIRL's artifact, guiding the base
+    other_ppo = load_spec("irl-tiny", ["adversarial.ppo.learning_rate=0.01"])
+    assert learned_key(spec, "airl", 0) != learned_key(other_ppo, "airl", 0) != learned_key(spec, "gail", 0)
+    assert learned_key(spec, "bc", 0) == learned_key(other_ppo, "bc", 0)
+    assert learned_key(spec, "airl_guided", 0) != learned_key(other_ppo, "airl_guided", 0)
+    assert learned_key(spec, "gail", 0) != learned_key(load_spec("irl-tiny", ["experts.steps=61"]), "gail", 0)
     other_lr = load_spec("irl-tiny", ["irl.learning_rate.mse=0.1"])
     assert learned_key(spec, "irl_mse", 0, "plan") != learned_key(other_lr, "irl_mse", 0, "plan")
     assert learned_key(spec, "bc", 0) == learned_key(other_lr, "bc", 0)
@@ -193,7 +199,7 @@ def test_no_shipped_profile_fixes_a_scale_tuned_on_its_report_rollouts():
         spec = load_spec(name)
         assert spec.evaluation.guidance_scales == {}, name
         assert spec.nets == ["window", "plan"], name
-        assert set(spec.selection.scales) == {m for m in spec.active_methods if spec.learns_reward(m)}, name
+        assert set(spec.selection.scales) == {m for m in spec.active_methods if m in SELECTED_SCALES}, name
         assert spec.experts.selection_rollouts_per_start >= 1, name
 
 
@@ -224,16 +230,18 @@ def test_tiny_irl_sweep_end_to_end_killed_then_resumed(tmp_path):
     stamp = first.stat().st_mtime_ns
     done = {p: p.stat().st_mtime_ns for p in root.glob("artifacts/*/*/DONE")}  # base, experts' diffuser, ...
     assert len(done) >= 3
+    assert len([p for p in done if p.parent.parent.name == "policies"]) == 2  # GAIL and AIRL, before stage 5
 
     r = sweep("irl-tiny", "--storage", str(tmp_path), "--resume", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert first.stat().st_mtime_ns == stamp, "the finished trial was recomputed"
     assert {p: p.stat().st_mtime_ns for p in done} == done, "a finished artifact was rebuilt"
     results = (root / "results.csv").read_text().splitlines()
-    assert len(results) == 8 and all(",ok," in line for line in results[1:]), results
+    assert len(results) == 11 and all(",ok," in line for line in results[1:]), results
     report = (root / "report.md").read_text()
     assert report.index("## Protocol card") < report.index("## Behaviour")
     assert "Algorithm 4, MSE" in report and "3578.5" in report  # the thesis's figure beside ours
+    assert "GAIL (imitation" in report and "3782.4" in report and "0.719" in report  # AIRL's thesis ERC
     assert "oracle (uses the true reward)" in report and "| plan |" in report and "| window |" in report
     for name in ("rollouts", "heatmaps"):
         assert (root / "figures" / f"{name}.png").stat().st_size > 1000
@@ -247,8 +255,12 @@ def test_tiny_irl_sweep_end_to_end_killed_then_resumed(tmp_path):
             trained_on.add(m["expert_dataset"])
         if t["method"] == "bc" or spec.irl_metric(t["method"]):
             assert m["expert_episodes"] == 2  # the training demonstrations only
-        if spec.learns_reward(t["method"]):
+        if t["method"] in ("gail", "airl"):  # their own PPO policies, trained on the training demonstrations
+            assert m["scale_rule"] == "none" and m[f"{t['method']}_timesteps"] >= spec.adversarial.total_timesteps
+            trained_on.add(m["expert_dataset"])
+        if spec.scores_reward(t["method"]):
             assert 0 <= m["erc"] <= 1
+        if t["method"] in SELECTED_SCALES:
             candidates = spec.selection.scales[t["method"]]
             assert m["scale_rule"] == "selected" and m["selection_candidates"] == candidates
             assert m["guidance_scale"] == candidates[int(np.nanargmin(m["selection_distances"]))]

@@ -28,9 +28,12 @@ def fake_sweep(tmp_path, seeds=(0, 1, 2), failed=(), missing=(), nan_erc=()):
         s = t["seed"]
         value = {"base": 100.0 + s, "true_reward": 200.0 + s}.get(t["method"], 150.0 + s + i)
         metrics = {"return_mean": value, "return_std": 5.0, "n_rollouts": 2}
-        if spec.learns_reward(t["method"]):
-            metrics.update(erc=float("nan") if t["trial_id"] in nan_erc else 0.1 * (s + 1), guidance_scale=3.0,
-                           selection_candidates=spec.selection.scales[t["method"]][:2],
+        if spec.scores_reward(t["method"]):
+            metrics.update(erc=float("nan") if t["trial_id"] in nan_erc else 0.1 * (s + 1))
+            if spec.per_step(t["method"], t["net"]):
+                metrics.update(epic=0.05 * (s + 1), starc=0.06 * (s + 1))
+        if t["method"] in spec.selection.scales:
+            metrics.update(guidance_scale=3.0, selection_candidates=spec.selection.scales[t["method"]][:2],
                            selection_distances=[0.4, 0.2], selection_unguided=0.5)
         result = ({"status": "failed", "error": "FloatingPointError: loss is nan", "metrics": None}
                   if t["trial_id"] in failed else {"status": "ok", "metrics": metrics})
@@ -65,8 +68,19 @@ def test_report_has_the_protocol_card_and_iqm_intervals_over_seeds(tmp_path):
                  "environment seed 1000 + s", "**Nets** ['window', 'plan']"):
         assert fact in report, fact
     summary = {(s["method"], s["net"]): s for s in summarise(spec, load_results(root)[1], reps=200)}
-    assert set(summary) == {("base", None), ("true_reward", None), ("bc", None)} | {
-        (m, n) for m in ("irl_mse", "rrf") for n in ("window", "plan")}
+    assert set(summary) == {("base", None), ("true_reward", None), ("bc", None), ("gail", None), ("airl", None),
+                            ("airl_guided", None)} | {(m, n) for m in ("irl_mse", "rrf") for n in ("window", "plan")}
+    # EPIC and STARC for the rewards of one state (window nets, AIRL's g), never for a plan net
+    assert summary["rrf", "window"]["epic_iqm"].value == pytest.approx(0.1)
+    assert summary["airl", None]["starc_iqm"].value == pytest.approx(0.12)
+    assert not np.isfinite(summary["rrf", "plan"]["epic_iqm"].value) and not summary["rrf", "plan"]["per_step"]
+    quality = report[report.index("## Reward quality"):]
+    plan_row = next(x for x in quality.splitlines() if x.startswith("| Relative reward") and "| plan |" in x)
+    assert "plan-level: ERC only" in plan_row
+    window_row = next(x for x in quality.splitlines() if x.startswith("| Relative reward") and "| window |" in x)
+    assert summary["rrf", "window"]["epic_iqm"].format(3) in window_row
+    assert any(x.startswith("| AIRL") and "0.719" in x for x in quality.splitlines())  # the thesis's AIRL ERC
+    assert "**EPIC and STARC**" in report
     rrf = summary["rrf", "plan"]
     assert rrf["normalised_iqm"].n == 3 and rrf["normalised_iqm"].low <= rrf["normalised_iqm"].value \
         <= rrf["normalised_iqm"].high and np.isfinite(rrf["normalised_iqm"].low)
@@ -78,16 +92,16 @@ def test_report_has_the_protocol_card_and_iqm_intervals_over_seeds(tmp_path):
     # both nets in the table, one row each for the methods without a net
     assert sum(line.startswith("| Algorithm 4, MSE |") for line in report.splitlines()) == 2 + 2  # behaviour + ERC
     assert sum(line.startswith("| Behaviour cloning |") for line in report.splitlines()) == 1
-    assert "## Trials without a result: 0 of 21" in report
+    assert "## Trials without a result: 0 of 30" in report
     csv = (root / "results.csv").read_text().splitlines()
-    assert csv[0].startswith("trial_id,method,net,seed") and len(csv) == 22
+    assert csv[0].startswith("trial_id,method,net,seed") and len(csv) == 31
 
 
 def test_report_counts_and_lists_failed_trials_and_nan_metrics(tmp_path):
     spec, root = fake_sweep(tmp_path, seeds=(0, 1), failed=("irl_mse-window-seed1",), missing=("bc-seed0",),
                             nan_erc=("rrf-window-seed0",))
     report = write_report(root, reps=200).read_text()
-    assert "## Trials without a result: 2 of 14" in report
+    assert "## Trials without a result: 2 of 20" in report
     assert "- irl_mse-window-seed1: failed FloatingPointError: loss is nan" in report
     assert "- bc-seed0: missing" in report
     assert "## Non-finite metrics: 1" in report and "- rrf-window-seed0: erc" in report
