@@ -23,7 +23,7 @@ from rrf_ray.irl.rollouts import Actor, Rollouts, rollout, start_table
 from rrf_ray.irl.spec import EvaluationSpec
 from rrf_ray.irl.true_reward import LinearMazeReward
 from rrf_ray.metrics.erc import erc
-from rrf_ray.metrics.reward_distance import Transitions, epic_estimate, lift_state_reward, starc_estimate
+from rrf_ray.metrics.reward_distance import distances_to_truth, state_reward_of_windows, window_transitions
 
 GAMMA = 1.0  # returns here are undiscounted sums over a window, so shaping is canonicalised away at γ = 1
 
@@ -103,42 +103,16 @@ def save_reward_heatmap(quality: RewardQuality, maze, path: Path, title: str) ->
     return Path(path)
 
 
-def per_step_reward(reward, normalizer, action_dim: int):
-    """r(s) for states (N, 4) in environment units, from a window reward that sums or averages one function
-    of each row: the reward of the one-row window [0 | s] (EPIC and STARC do not see the positive factor
-    between a sum and a mean)."""
-    shift = torch.as_tensor(normalizer.shift, dtype=torch.float64)
-    scale = torch.as_tensor(normalizer.scale, dtype=torch.float64)
 
+def reward_distances(reward, normalizer, action_dim: int, true_reward: LinearMazeReward, windows: TrajectoryWindows,
+                     n: int, seed: int) -> dict:
+    """EPIC and STARC [95% interval] of a learned window reward of one state against the true per-step reward,
+    on one transition of each of the held-out windows ERC scores."""
     @torch.no_grad()
-    def r(states: torch.Tensor) -> torch.Tensor:
-        rows = torch.cat([torch.zeros(len(states), action_dim, dtype=torch.float64), states.to(torch.float64)], 1)
-        x = ((rows - shift) / scale).to(torch.float32)[:, None, :]
-        return reward(x, torch.zeros(len(x), dtype=torch.long)).reshape(-1).to(torch.float64)
+    def score(x: np.ndarray) -> np.ndarray:
+        return reward(torch.from_numpy(x), torch.zeros(len(x), dtype=torch.long)).reshape(-1).double().numpy()
 
-    return r
-
-
-def coverage_transitions(windows: TrajectoryWindows, idx: np.ndarray, seed: int) -> Transitions:
-    """One transition (s, a, s') drawn from each of the windows `idx` (seeded): transitions spread over the
-    held-out episodes like ERC's windows, few enough for a BCa bootstrap."""
-    raw = windows.normalizer.unnormalize(windows.batch(idx)) if windows.normalizer is not None else windows.batch(idx)
-    a = windows.action_dim
-    t = np.random.default_rng([seed, 0xE91C]).integers(raw.shape[1] - 1, size=len(idx))
-    rows = np.arange(len(idx))
-    return Transitions(raw[rows, t, a:], raw[rows, t, :a], raw[rows, t + 1, a:])
-
-
-def reward_distances(learned_per_step, true_reward: LinearMazeReward, windows: TrajectoryWindows, n: int,
-                     seed: int) -> dict:
-    """EPIC and STARC [95% bootstrap interval] of a learned per-step reward r(s) against the true r(s), both
-    as the reward of arriving in s', over transitions of the held-out windows ERC scores; the canonical
-    sample is those transitions' own states and actions."""
-    coverage = coverage_transitions(windows, erc_windows(windows, n, seed), seed)
-    truth = lift_state_reward(lambda s: torch.as_tensor(true_reward(s[:, :2].numpy()), dtype=torch.float64))
-    learned = lift_state_reward(learned_per_step)
-    out = {"reward_distance_transitions": len(coverage.s)}
-    for name, estimate in (("epic", epic_estimate), ("starc", starc_estimate)):
-        e = estimate(learned, truth, coverage, gamma=GAMMA, seed=seed)
-        out.update({name: e.value, f"{name}_low": e.low, f"{name}_high": e.high})
-    return out
+    learned = state_reward_of_windows(score, normalizer, action_dim)
+    truth = lambda s: torch.as_tensor(true_reward(s[:, :2].numpy()), dtype=torch.float64)  # noqa: E731
+    coverage = window_transitions(windows, erc_windows(windows, n, seed), seed)
+    return distances_to_truth(learned, truth, coverage, gamma=GAMMA, seed=seed)

@@ -32,6 +32,7 @@ LEARNED_REWARDS = ("irl_mse", "irl_mmd_gauss", "irl_mmd_matern", "rrf")  # the m
 ADVERSARIAL = ("gail", "airl")  # imitation's trainers (irl/adversarial.py); airl_guided: AIRL's reward guiding the base
 SELECTED_SCALES = LEARNED_REWARDS + ("airl_guided",)  # the methods whose guidance scale `selection` may choose
 WINDOW_INPUT_DIMS = [2, 3]  # the ball's position in a Maze2D row [action (2) | x, y, vx, vy]
+ACTION_DIM = 2
 THESIS_UMAZE = {  # its Table 1 (U-maze): return mean, std, ERC
     "base": (2709.87, 199.81, None), "true_reward": (3569.82, 243.84, None),
     "irl_mse": (3578.47, 237.46, 0.689), "irl_mmd_gauss": (3563.60, 262.15, 0.652),
@@ -374,8 +375,9 @@ class IRLExperimentSpec(Strict):
             return True
         if net != "window":
             return False
-        return bool(self.irl_metric(method)) or (method == "rrf" and self.rrf.reward.kind == "window_mlp"
-                                                 and self.rrf.reward.model_horizon == 1)
+        if self.irl_metric(method):
+            return min(self.irl.window_input_dims) >= ACTION_DIM
+        return method == "rrf" and self.rrf.reward.is_state_reward(ACTION_DIM)
 
     def nets_of(self, method: str) -> list[str | None]:
         """A reward-learning method runs at every net; the others have none (one row each)."""

@@ -369,7 +369,6 @@ def method_work(spec: IRLExperimentSpec, paths: SweepPaths, method: str, seed: i
     from rrf_ray.irl.evaluation import (
         evaluate_behaviour,
         evaluate_reward,
-        per_step_reward,
         reward_distances,
         save_reward_heatmap,
     )
@@ -451,8 +450,8 @@ def method_work(spec: IRLExperimentSpec, paths: SweepPaths, method: str, seed: i
         metrics["erc_windows"] = len(quality.learned)
         if spec.per_step(method, net):
             timer.start("epic")
-            learned = per_step_reward(reward, diffuser.normalizer, diffuser.model.action_dim)
-            metrics.update(reward_distances(learned, true_reward, held, spec.evaluation.erc_windows, seed))
+            metrics.update(reward_distances(reward, diffuser.normalizer, diffuser.model.action_dim, true_reward, held,
+                                            spec.evaluation.erc_windows, seed))
         save_reward_heatmap(quality, spec.maze(), out / "heatmap.png",
                             f"{method} ({net} net) seed {seed}: learned reward, ERC {quality.erc:.3f}")
     return {**metrics, **timer.stop()}

@@ -36,7 +36,8 @@ from rrf_ray.maze2d.mazes import DEFAULT_LAYOUTS, Maze, MazeError
 from rrf_ray.metrics.intervals import format_rate
 
 TRIALS_FILE, RESULT_FILE, HEATMAP_FILE = "trials.json", "result.json", "heatmap.npz"
-METRIC_FIELDS = ["goal_recovered", "goal_distance", "peak_x", "peak_y", "accuracy", "roc_auc", "erc",
+METRIC_FIELDS = ["goal_recovered", "goal_distance", "peak_x", "peak_y", "accuracy", "roc_auc", "erc", "epic",
+                 "epic_low", "epic_high", "starc",
                  "n_base_windows", "n_expert_windows", "reward_val_cosine", "reward_val_loss", "reward_cosine"]
 PHASE_FIELDS = ["expert_s", "pregen_s", "reward_s", "eval_s"]  # wall-clock seconds per trial phase
 CSV_FIELDS = (["trial_id", "maze", "goal", "goal_row", "goal_col", "seed", "status", "error"] + METRIC_FIELDS
@@ -347,6 +348,9 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         f"{f'{_pct(acc.min())}–{_pct(acc.max())}' if acc.size else NOT_REPORTED} |",
         f"| discriminability ROC AUC, mean | {NOT_REPORTED} | {_num(_mean(auc))} |",
         f"| ERC (Pearson distance to −distance-to-goal), mean | {NOT_REPORTED} | {_num(_mean(erc_vals))} |",
+        f"| EPIC (to −distance-to-goal per step; blind to shaping), mean | {NOT_REPORTED} | "
+        f"{_num(_mean(_metric(trials, 'epic')))} |",
+        f"| STARC (likewise), mean | {NOT_REPORTED} | {_num(_mean(_metric(trials, 'starc')))} |",
         f"| reward fit: gradient cosine on held-out episodes' triples, mean | {NOT_REPORTED} | "
         f"{_num(_mean(_metric(trials, 'reward_val_cosine')))} |",
         "",
@@ -355,8 +359,8 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
         "## Per maze",
         "",
         "| maze | expected | completed | failed | missing | goal recovery | mean peak distance "
-        "| accuracy mean | ROC AUC mean | ERC mean |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| accuracy mean | ROC AUC mean | ERC mean | EPIC mean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in _maze_order(trials):
         ts = [t for t in trials if t.maze == name]
@@ -364,7 +368,7 @@ def render_markdown(trials: list[Trial], figures: dict[str, str], sweep_dir: Pat
             f"| {name} | {len(ts)} | {sum(t.ok for t in ts)} | {sum(t.status == 'failed' for t in ts)} "
             f"| {sum(t.status == 'missing' for t in ts)} | {_fmt_rate(ts)} | {_num(_mean(_metric(ts, 'goal_distance')), 2)} "
             f"| {_pct(_mean(_metric(ts, 'accuracy')))} | {_num(_mean(_metric(ts, 'roc_auc')))} "
-            f"| {_num(_mean(_metric(ts, 'erc')))} |"
+            f"| {_num(_mean(_metric(ts, 'erc')))} | {_num(_mean(_metric(ts, 'epic')))} |"
         )
     lines += per_goal_lines(trials, spec)
     layout = ("one panel per goal" if len({t.seed for t in trials}) == 1 else "rows are goals, columns seeds")
@@ -402,18 +406,28 @@ def per_goal_lines(trials: list[Trial], spec) -> list[str]:
                              f"(margin {r.margin}).")
         if lines[-1]:
             lines.append("")
-    lines += ["| trial | goal (row, col) | recovered | peak distance | accuracy | ERC |", "|---|---|---|---|---|---|"]
+    lines += ["| trial | goal (row, col) | recovered | peak distance | accuracy | ERC | EPIC [95% CI] |",
+              "|---|---|---|---|---|---|---|"]
     for t in trials:
         rc = _goal_rowcol(maze_of(t, mazes), t.goal)
         where = f"({rc[0]:g}, {rc[1]:g})" if rc[0] != "" else NOT_REPORTED
         if not t.ok:
-            lines.append(f"| {t.trial_id} | {where} | {t.status} | {NOT_REPORTED} | {NOT_REPORTED} | {NOT_REPORTED} |")
+            lines.append(f"| {t.trial_id} | {where} | {t.status} | {NOT_REPORTED} | {NOT_REPORTED} | {NOT_REPORTED} "
+                         f"| {NOT_REPORTED} |")
             continue
         m = t.metrics
         lines.append(f"| {t.trial_id} | {where} | {'yes' if m.get('goal_recovered') else 'no'} "
                      f"| {_num(float(m.get('goal_distance', math.nan)), 2)} | {_pct(float(m.get('accuracy', math.nan)))} "
-                     f"| {_num(float(m.get('erc', math.nan)))} |")
+                     f"| {_num(float(m.get('erc', math.nan)))} | {_epic_cell(m)} |")
     return lines
+
+
+def _epic_cell(m: dict) -> str:
+    e = float(m.get("epic", math.nan))
+    if not math.isfinite(e):
+        return NOT_REPORTED
+    lo, hi = float(m.get("epic_low", math.nan)), float(m.get("epic_high", math.nan))
+    return f"{e:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else f"{e:.3f}"
 
 
 def protocol_lines(spec) -> list[str]:
@@ -438,7 +452,10 @@ def protocol_lines(spec) -> list[str]:
             "is read as a heatmap. A goal is recovered when the smoothed heatmap's peak lies within 0.75 maze "
             "units of it (docs/method.md, Evaluation); discriminability is a 1-D logistic regression fit on one "
             "held-out half "
-            "and scored on the other; ERC against −distance-to-goal.",
+            "and scored on the other; ERC against −distance-to-goal; for a reward of the position alone, EPIC and "
+            "STARC against −distance-to-goal per step (canonicalised at γ = 1 over one transition of each of up to "
+            "2,000 held-out base windows, 95% BCa interval per trial), which unlike ERC do not see potential "
+            "shaping.",
             "- **Intervals:** goal recovery with a 95% Wilson interval, a failed trial counted as a goal not "
             "recovered; across seeds, rliable's interquartile mean of per-seed rates with a stratified-bootstrap "
             "interval.",

@@ -190,7 +190,8 @@ def _trial_work(spec: Maze2DSpec, paths: SweepPaths, maze: str, goal: int, seed:
     reward = load_reward(extraction.path)
     held_base, held_expert = maze_windows(None, "heldout", True), maze_windows(goal, "heldout", True)
     metrics = evaluate_reward(lambda x: reward.score(x, t=spec.evaluation.t), spec.maze(maze), goal, held_base,
-                              held_expert, out, max_windows=spec.evaluation.max_windows, seed=seed)
+                              held_expert, out, max_windows=spec.evaluation.max_windows, seed=seed,
+                              state_reward=spec.reward.is_state_reward(held_base.action_dim))
     return {**metrics.as_dict(), **extraction.summary(), **extraction.seconds, **timer.stop()}
 
 

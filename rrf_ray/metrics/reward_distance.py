@@ -323,3 +323,46 @@ def starc_estimate(reward_a: TransitionReward, reward_b: TransitionReward, cover
     """`starc_distance` with the same seeded paired bootstrap as `epic_estimate`."""
     x, y = _canonical_pair(reward_a, reward_b, coverage, canonical, gamma, n_mean_samples, seed, chunk_rows, _rms)
     return _paired_bootstrap(_starc_distance, x, y, reps, seed)
+
+
+# -- rewards of diffuser windows ---------------------------------------------------------------
+
+def state_reward_of_windows(score: Callable[[np.ndarray], np.ndarray], normalizer, action_dim: int):
+    """r(s) for states (N, ds) in environment units, from `score`, a reward of normalised windows
+    [a | s] (N, H, D) -> (N,) that sums or averages one function of each row (a window net of the state,
+    AIRL's g): the score of the one-row window [0 | s]. EPIC and STARC do not see the positive factor
+    between a sum and a mean. A reward of whole plans has no such form: compare it by ERC."""
+    shift = np.asarray(normalizer.shift, dtype=np.float64)
+    scale = np.asarray(normalizer.scale, dtype=np.float64)
+
+    def r(states: torch.Tensor) -> torch.Tensor:
+        s = states.detach().cpu().numpy().astype(np.float64)
+        rows = np.concatenate([np.zeros((len(s), action_dim)), s], axis=1)
+        x = ((rows - shift) / scale).astype(np.float32)[:, None, :]
+        return torch.as_tensor(np.asarray(score(x), dtype=np.float64).reshape(-1))
+
+    return r
+
+
+def window_transitions(windows, idx: np.ndarray, seed: int) -> Transitions:
+    """One transition (s, a, s') drawn from each of the diffuser windows `idx` (seeded), in environment
+    units: spread over the windows' episodes, few enough for a BCa bootstrap."""
+    x = windows.batch(idx)
+    raw = windows.normalizer.unnormalize(x) if windows.normalizer is not None else x
+    a = windows.action_dim
+    t = np.random.default_rng([seed, 0xE91C]).integers(raw.shape[1] - 1, size=len(idx))
+    rows = np.arange(len(idx))
+    return Transitions(raw[rows, t, a:], raw[rows, t, :a], raw[rows, t + 1, a:])
+
+
+def distances_to_truth(learned_state_reward, true_state_reward, coverage: Transitions, *, gamma: float,
+                       seed: int = 0, reps: int = BOOTSTRAP_REPS) -> dict:
+    """EPIC and STARC with their 95% intervals between two state rewards, each as the reward of arriving
+    in s' (`lift_state_reward`), over `coverage` (its own states and actions the canonical sample):
+    {epic, epic_low, epic_high, starc, starc_low, starc_high, reward_distance_transitions}."""
+    learned, truth = lift_state_reward(learned_state_reward), lift_state_reward(true_state_reward)
+    out = {"reward_distance_transitions": len(coverage.s)}
+    for name, estimate in (("epic", epic_estimate), ("starc", starc_estimate)):
+        e = estimate(learned, truth, coverage, gamma=gamma, seed=seed, reps=reps)
+        out.update({name: e.value, f"{name}_low": e.low, f"{name}_high": e.high})
+    return out

@@ -37,6 +37,12 @@ class RewardSpec(Strict):
         "reshuffled each epoch: a Ray Data execution per epoch, at the training batch size, costs more than the "
         "training of a small set. 0: stream every epoch")
 
+    def is_state_reward(self, action_dim: int) -> bool:
+        """A window_mlp of one-row blocks that sees state columns only: one function of the state, summed over a
+        window's rows, so EPIC and STARC can compare it per step (metrics/reward_distance.py)."""
+        return (self.kind == "window_mlp" and self.model_horizon == 1 and self.input_dims is not None
+                and min(self.input_dims) >= action_dim)
+
     @model_validator(mode="after")
     def _input_dims_need_window_mlp(self) -> "RewardSpec":
         if self.input_dims is not None and self.kind != "window_mlp":

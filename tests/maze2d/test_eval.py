@@ -188,6 +188,19 @@ def test_evaluate_reward_writes_heatmap_and_metrics(data, tmp_path):
     assert again.as_dict() == m.as_dict()
     d = m.as_dict()
     assert type(d["goal_recovered"]) is bool and all(type(d[k]) is float for k in ("accuracy", "roc_auc", "erc"))
+    assert math.isnan(m.epic) and math.isnan(m.starc)  # not declared a reward of one state: ERC only
+    # A reward of one state: EPIC/STARC against -distance-to-goal per step, ~0 for the truth (any positive
+    # scale), ~1 for its negation, in between for the distance to another goal
+    for scale, expected in ((3.0, 0.0), (-1.0, 1.0)):
+        e = evaluate_reward(lambda x: scale * true_reward(x), maze, EXPERT_GOAL, base, expert, tmp_path / "epic",
+                            max_windows=6000, seed=0, state_reward=True)
+        assert e.epic == pytest.approx(expected, abs=1e-6) and e.starc == pytest.approx(expected, abs=1e-6)
+        assert e.epic_low <= e.epic <= e.epic_high
+    other = maze.goal_xy(1)
+    elsewhere = evaluate_reward(lambda x: true_maze_return(
+        base.normalizer.unnormalize(x)[..., base.action_dim:base.action_dim + 2], other), maze, EXPERT_GOAL, base,
+        expert, tmp_path / "elsewhere", max_windows=6000, seed=0, state_reward=True)
+    assert 0.05 < elsewhere.epic < 0.95 and elsewhere.epic_low < elsewhere.epic < elsewhere.epic_high
     hm = Heatmap.from_npz(tmp_path / "trial" / "heatmap.npz")
     assert hm.mean.shape == (50, 50)
     img = mpimg.imread(tmp_path / "trial" / "heatmap.png")
