@@ -9,4 +9,5 @@ from rrf_ray.locomotion.spec import LocomotionSweepSpec
 from rrf_ray.locomotion.stages import dry_run, run_locomotion_sweep
 
 EXPERIMENT = register(Experiment("locomotion", LocomotionSweepSpec, run=run_locomotion_sweep, describe=dry_run,
-                                 write_report=write_locomotion_report, user_errors=(DatasetError,)))
+                                 write_report=write_locomotion_report, user_errors=(DatasetError,),
+                                 growable=("seeds", "transfer_seeds")))

@@ -78,7 +78,7 @@ def test_report_has_the_protocol_card_and_iqm_intervals_over_seeds(tmp_path):
     plan_row = next(x for x in quality.splitlines() if x.startswith("| Relative reward") and "| plan |" in x)
     assert "plan-level: ERC only" in plan_row
     window_row = next(x for x in quality.splitlines() if x.startswith("| Relative reward") and "| window |" in x)
-    assert summary["rrf", "window"]["epic_iqm"].format(3) in window_row
+    assert f"| {summary['rrf', 'window']['epic_iqm'].value:.3f} [" in window_row  # the EPIC IQM with an interval
     assert any(x.startswith("| AIRL") and "0.719" in x for x in quality.splitlines())  # the thesis's AIRL ERC
     assert "**EPIC and STARC**" in report
     rrf = summary["rrf", "plan"]
