@@ -442,7 +442,7 @@ def method_work(spec: IRLExperimentSpec, paths: SweepPaths, method: str, seed: i
     metrics.update(behaviour.summary())
     np.savez_compressed(out / "rollouts.npz", observations=behaviour.rollouts.observations.astype(np.float32),
                         starts=behaviour.rollouts.starts, returns=behaviour.returns)
-    if reward is not None:
+    if reward is not None and spec.scores_reward(method):  # airl_guided's reward is AIRL's: scored under airl
         timer.start("erc")
         held = base_windows(spec, paths, seed, "heldout", diffuser.normalizer)
         quality = evaluate_reward(reward, true_reward, held, spec.evaluation.erc_windows, seed)
