@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from rrf_ray.data.windows import WindowSpec
 from rrf_ray.diffusion.spec import DiffusionSpec
@@ -156,18 +156,11 @@ class LocomotionSweepSpec(Strict):
     estimate: EstimateSpec = Field(default_factory=EstimateSpec)
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
 
-    @field_validator("seeds")
+    @field_validator("seeds", "transfer_seeds")
     @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+    def _distinct_seeds(cls, seeds: list[int], info: ValidationInfo) -> list[int]:
         if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds repeat: {seeds}")
-        return seeds
-
-    @field_validator("transfer_seeds")
-    @classmethod
-    def _distinct_transfer_seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"transfer_seeds repeat: {seeds}")
+            raise ValueError(f"{info.field_name} repeat: {seeds}")
         return seeds
 
     @model_validator(mode="after")
