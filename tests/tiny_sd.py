@@ -1,42 +1,16 @@
 """A tiny, randomly initialised Stable Diffusion pipeline saved to disk: nothing is downloaded.
 
 The tokenizer is a CLIP BPE tokenizer over single bytes (no merges) built from a vocab
-written here, so prompts tokenise without any hub file.
+written here (rrf_ray.image.digits.byte_tokenizer), so prompts tokenise without any hub file.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (GPT-2's) reversible byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def tiny_tokenizer(directory: Path, max_length: int = 16):
-    from transformers import CLIPTokenizer
-
-    chars = list(_bytes_to_unicode().values())
-    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "model_max_length": max_length, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}))
-    return CLIPTokenizer.from_pretrained(directory)  # the same call in transformers 4 and 5
+from rrf_ray.image.digits import byte_tokenizer
 
 
 def save_tiny_pipeline(path: Path, latent_size: int = 8, seed: int = 0) -> Path:
@@ -46,7 +20,7 @@ def save_tiny_pipeline(path: Path, latent_size: int = 8, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     path = Path(path)
-    tokenizer = tiny_tokenizer(path.parent / f".{path.name}-tokenizer-src")
+    tokenizer = byte_tokenizer(path.parent / f".{path.name}-tokenizer-src", max_length=16)
     unet = UNet2DConditionModel(
         sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),

@@ -7,6 +7,9 @@
   python -m rrf_ray.data sac ENV_ID [ENV_ID ...] --steps N [--seed S] [--medium-return R] [--root DIR] ...
       D4RL-style replay, medium and expert datasets made by training SAC (pip install -e '.[rl]'),
       one Ray task per environment: rrf/ENV-sac-{replay,medium,expert}-v0
+  python -m rrf_ray.data digits-pipeline --out DIR [--preset default|tiny] [--seed S] [--overwrite] ...
+      a small text-to-image Stable Diffusion pipeline trained on scikit-learn's digits, with its
+      judge's data and prompts files (rrf_ray.image.digits), in one Ray task
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 
 from rrf_ray.engine.loading import load_spec
 from rrf_ray.engine.spec import ConfigError, exit_on_user_error
+from rrf_ray.image.digits import PRESETS as DIGITS_PRESETS
 from rrf_ray.maze2d.mazes import MazeError
 
 
@@ -61,7 +65,75 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="retrain and replace what another run made")
     s.add_argument("--address", default=None, help="Ray address (default: running cluster, else local)")
     s.add_argument("--no-progress", action="store_true")
+    g = sub.add_parser("digits-pipeline", help="train a small Stable Diffusion pipeline on scikit-learn's digits")
+    g.add_argument("--out", required=True, help="the pipeline directory to write (or reuse)")
+    g.add_argument("--preset", default="default", choices=tuple(DIGITS_PRESETS),
+                   help="default (minutes on 2 cores) or tiny (the tests', seconds)")
+    g.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's, 0)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads in the task (default: its CPUs; 1 on a machine shared with other work)")
+    g.add_argument("--overwrite", action="store_true", help="replace what --out holds, if built otherwise")
+    g.add_argument("--address", default=None, help="Ray address (default: running cluster, else local)")
+    g.add_argument("--no-progress", action="store_true")
     return parser
+
+
+def print_digits_summary(summary: dict) -> None:
+    out = summary["path"]
+    state = "reused" if summary.get("reused") else "built"
+    t = summary["timings_s"]
+    print(f"digits pipeline {state}: {out} (settings {summary['fingerprint']}, seed {summary['settings']['seed']})")
+    print(f"  training: VAE {t['vae']:.0f} s, UNet + text encoder {t['diffusion']:.0f} s, total {t['total']:.0f} s "
+          f"on {summary['threads']} thread(s); final losses {summary['losses']['vae_reconstruction']:.4f} "
+          f"(VAE reconstruction), {summary['losses']['diffusion']:.4f} (diffusion)")
+    j = summary["judge"]
+    print(f"  judge: {j['classifier']}, held-out accuracy {j['holdout_accuracy']:.3f} ({j['test']} digits; fitted "
+          f"on {j['fit']} others)")
+    check = summary.get("sample_check") or {}
+    if check:
+        print(f"  sample check: the judge names the prompted digit in {check['accuracy']:.0%} of "
+              f"{10 * check['images_per_digit']} images (DDIM {check['steps']} steps, guidance "
+              f"{check['guidance_scale']:g})")
+    print(f"  prompts: {out}/prompts/{{0..9}}.txt; safety concept of digit d: 'a handwritten <d>' "
+          "(rrf_ray.image.digits.concept_caption)")
+
+
+def digits_main(args) -> int:
+    """One Ray task with every CPU of the cluster trains the pipeline; a finished build is reused here."""
+    from rrf_ray.image.digits import DigitsPipelineSettings, build_digits_pipeline, check_output
+
+    try:
+        if args.seed is not None and args.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+        if args.threads is not None and args.threads <= 0:
+            raise ConfigError(f"--threads must be positive, got {args.threads}")
+        settings = DigitsPipelineSettings.preset(args.preset, **({} if args.seed is None else {"seed": args.seed}))
+        existing = check_output(args.out, settings, args.overwrite)
+    except ConfigError as e:
+        exit_on_user_error(e)
+    if existing is not None:
+        from pathlib import Path
+
+        print_digits_summary({**existing, "path": str(Path(args.out).expanduser().resolve())})
+        return 0
+
+    import ray
+
+    from rrf_ray.engine.ray_runtime import init_ray
+
+    init_ray(args.address, dashboard=False)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(build_digits_pipeline).options(num_cpus=cpus, max_retries=0)
+    ref = task.remote(str(args.out), settings, threads=args.threads or cpus, progress=not args.no_progress,
+                      overwrite=args.overwrite)
+    try:
+        summary = ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, ConfigError):
+            exit_on_user_error(e.cause)
+        raise
+    print_digits_summary(summary)
+    return 0
 
 
 def sac_main(args) -> int:
@@ -130,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return convert_main(args)
     if args.command == "sac":
         return sac_main(args)
+    if args.command == "digits-pipeline":
+        return digits_main(args)
     try:
         spec = load_spec(args.spec, args.overrides)
         maze = spec.maze(args.maze)

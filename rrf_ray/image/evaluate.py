@@ -124,10 +124,57 @@ def extremes_png(images: dict[int, np.ndarray], batches: list[dict], rewards, ki
 
 
 def extremes_table(batches: list[dict], rewards, finals: dict, prompts: list[str],
-                   images_per_prompt: int) -> list[dict]:
-    """The shown images of each batch as JSON: the report is rebuilt from a trial's result alone."""
+                   images_per_prompt: int, concept: np.ndarray | None = None) -> list[dict]:
+    """The shown images of each batch as JSON: the report is rebuilt from a trial's result alone.
+    concept: the judge's probability of the concept per image, when there is a judge."""
     def row(i):
         return {"reward": float(rewards[i]), "pipeline": PIPELINES[int(finals["kind"][i])],
-                "prompt": prompts[int(finals["chain_id"][i]) // images_per_prompt]}
+                "prompt": prompts[int(finals["chain_id"][i]) // images_per_prompt],
+                **({} if concept is None else {"concept_probability": float(concept[i])})}
 
     return [{side: [row(i) for i in batch[side]] for side in ("highest", "lowest")} for batch in batches]
+
+
+def judged_concept(rewards: np.ndarray, finals: dict, concept: np.ndarray, judged_digit: np.ndarray,
+                   digit: int, seed: int = 0) -> dict:
+    """What the independent judge saw in the held-out final images, and whether the reward tracks it.
+
+    concept: the judge's probability of the concept digit per image; judged_digit: its most
+    likely digit. The two chains of a chain id start from the same x_T, so SD+SLD minus SD is
+    a paired difference. A reward that learned the safety concept scores concept-like images
+    low: its Spearman correlation with `concept` is negative, over all images and (beyond
+    telling the pipelines apart) within SD's images alone. Counts, not rates, are kept so the
+    report can pool seeds and print Wilson intervals.
+    """
+    from rrf_ray.metrics.aggregate import paired_difference
+
+    kind, ids = finals["kind"], finals["chain_id"]
+    out = {"judge_digit": int(digit)}
+    for k, name in ((1, "base"), (2, "expert")):  # SD, SD+SLD (as n_base, n_expert)
+        mask = kind == k
+        out[f"concept_{name}"] = int(np.sum(judged_digit[mask] == digit))
+        out[f"images_{name}"] = int(mask.sum())
+        out[f"concept_probability_{name}"] = float(concept[mask].mean()) if mask.any() else float("nan")
+    base = {int(i): j for j, i in enumerate(ids) if kind[j] == 1}
+    pairs = [(base[int(i)], j) for j, i in enumerate(ids) if kind[j] == 2 and int(i) in base]
+    diff = paired_difference(concept[[j for _, j in pairs]], concept[[j for j, _ in pairs]], seed=seed)
+    out["concept_probability_difference"] = [diff.value, diff.low, diff.high, diff.n]
+    for name, mask in (("all", np.ones(len(kind), dtype=bool)), ("base", kind == 1)):
+        rho = spearman_with_interval(rewards[mask], concept[mask], seed=seed)
+        out[f"reward_concept_spearman_{name}"] = rho
+    return out
+
+
+def spearman_with_interval(x, y, seed: int = 0) -> list[float]:
+    """[rho, low, high, n]: Spearman's correlation and its 95% bootstrap interval over pairs (percentile)."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return [float("nan"), float("nan"), float("nan"), n]
+    rho = float(stats.spearmanr(x, y).statistic)
+    ci = stats.bootstrap((x, y), lambda a, b: stats.spearmanr(a, b).statistic, paired=True, vectorized=False,
+                         n_resamples=1000, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return [rho, float(ci.low), float(ci.high), n]

@@ -40,7 +40,8 @@ def check_model(model: str) -> str:
         raise ConfigError(f"generation.model: {path} is not a diffusers Stable Diffusion directory (no "
                           "model_index.json there); give the directory of your weights (e.g. one saved by "
                           "StableDiffusionPipeline.save_pretrained) or a hub id such as "
-                          "stable-diffusion-v1-5/stable-diffusion-v1-5")
+                          "stable-diffusion-v1-5/stable-diffusion-v1-5; a small one trained here on scikit-learn's "
+                          f"digits: python -m rrf_ray.data digits-pipeline --out {model}")
     return str(path)
 
 

@@ -22,6 +22,9 @@ from rrf_ray.image.spec import ImageSweepSpec
 TRIALS_FILE, INPUTS_FILE, RESULT_FILE, FIGURE_FILE = "trials.json", "inputs.json", "result.json", "extremes.png"
 SCORE_FIELDS = ["accuracy", "auc", "n_base", "n_expert", "mean_reward_base", "mean_reward_expert"]
 REWARD_FIELDS = ["train_rows", "val_rows", "loss", "val_loss", "val_cosine"]
+JUDGE_FIELDS = ["judge_digit", "judge_accuracy", "concept_base", "images_base", "concept_expert", "images_expert",
+                "concept_probability_base", "concept_probability_expert", "concept_probability_difference",
+                "reward_concept_spearman_all", "reward_concept_spearman_base"]
 
 
 class ImageReportError(ValueError):
@@ -77,7 +80,8 @@ def write_image_report(sweep_dir) -> Path:
     inputs = json.loads((sweep_dir / INPUTS_FILE).read_text())
     context = {"name": spec.name, "model": g.model, "prompts_file": g.prompts, "prompts_used": len(inputs["prompts"]),
                "steps": g.steps, "guidance_scale": g.guidance_scale,
-               "safety": spec.safety.model_dump(exclude={"concept"}), "train_rows": numbers["train_rows"],
+               "safety": spec.safety.model_dump(exclude={"concept"}),
+               "safety_concept": spec.safety.concept, "train_rows": numbers["train_rows"],
                "val_rows": numbers["val_rows"], "reward_steps": spec.reward.train_steps, "loss": numbers["loss"],
                "val_loss": numbers["val_loss"], "val_cosine": numbers["val_cosine"]}
     several = len(results) > 1
@@ -88,6 +92,10 @@ def write_image_report(sweep_dir) -> Path:
         extra = {"seeds": ok, "per_seed": per_seed}
     else:
         extra = {"shards": finished[0]["shards"], "reward": finished[0]["reward"]}
+    judged = {s: {k: v for k, v in results[s]["metrics"].items() if k in JUDGE_FIELDS} for s in ok
+              if results[s]["metrics"].get("judge_digit") is not None}
+    if judged:
+        extra["judge"] = judged
     write_atomic(sweep_dir / "results.json",
                  json.dumps({**{k: numbers[k] for k in SCORE_FIELDS}, **context, **extra}, indent=1, default=str))
     shown = ok[0]
@@ -99,7 +107,8 @@ def write_image_report(sweep_dir) -> Path:
         f"# {spec.name}: relative reward, Stable Diffusion vs Safe Stable Diffusion",
         "",
         f"Model `{g.model}`; {context['prompts_used']} prompts from `{g.prompts}`; "
-        f"{g.steps} DDIM steps, CFG {g.guidance_scale}, SLD {context['safety']}.",
+        f"{g.steps} DDIM steps, CFG {g.guidance_scale}, SLD {context['safety']}, safety concept "
+        f"\"{spec.safety.concept or 'the Safe pipeline default'}\".",
         f"Training triples: {context['train_rows']} rows (train), {context['val_rows']} (held out); "
         f"reward: {spec.reward.train_steps} steps, final loss {_fmt(context['loss'])}, "
         f"held-out gradient cosine {_fmt(context['val_cosine'])}{mean}.",
@@ -128,25 +137,71 @@ def write_image_report(sweep_dir) -> Path:
                 error = (r.get("error") or "no result.json").replace("|", "/").splitlines()[0][:100]
                 lines.append(f"| {s} | {r['status']} | {error} | | | | | |")
         lines.append("")
+    lines += judge_lines(spec, {s: results[s]["metrics"] for s in ok})
     lines += [
         "## Highest- and lowest-reward images per batch",
         "",
         ("Batches of held-out images; the lowest-reward images are blurred. ![extremes](figures/extremes.png)"
          + (f" Seed {shown}; every seed's are in trials/seed<N>/{FIGURE_FILE}." if several else "")),
         "",
-        "| batch | side | reward | pipeline | prompt |",
-        "|---|---|---|---|---|",
+        "| batch | side | reward | pipeline | judge's concept probability | prompt |",
+        "|---|---|---|---|---|---|",
     ]
     for b, batch in enumerate(results[shown]["metrics"]["extremes"]):
         for side in ("highest", "lowest"):
             for row in batch[side]:
                 lines.append(f"| {b + 1} | {side} | {row['reward']:.4g} | {row['pipeline']} | "
-                             f"{row['prompt'].replace('|', '/')[:80]} |")
+                             f"{_fmt(row.get('concept_probability'))} | {row['prompt'].replace('|', '/')[:80]} |")
     path = write_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
     from rrf_ray.engine.report import write_html_report
 
     write_html_report(path)
     return path
+
+
+def judge_lines(spec: ImageSweepSpec, finished: dict[int, dict]) -> list[str]:
+    """The judge's section: the concept's rate under each pipeline (seeds pooled), and per seed the paired
+    change in its probability and the reward's correlation with it. Nothing without a judge."""
+    from rrf_ray.metrics.aggregate import Estimate
+    from rrf_ray.metrics.intervals import format_rate
+
+    judged = {s: m for s, m in finished.items() if m.get("judge_digit") is not None}
+    if not judged:
+        return []
+
+    def rate(branch):
+        k = sum(m[f"concept_{branch}"] for m in judged.values())
+        n = sum(m[f"images_{branch}"] for m in judged.values())
+        return format_rate([True] * k + [False] * (n - k))
+
+    def estimate(values) -> str:
+        return Estimate(*values).format(3)
+
+    first = next(iter(judged.values()))
+    pooled = f" ({len(judged)} seeds pooled)" if len(judged) > 1 else ""
+    lines = [
+        "## The concept under each pipeline, by an independent judge",
+        "",
+        f"The judge is a digit classifier fitted on the digits pipeline's held-out real digits, never on generated "
+        f"images (accuracy on real digits it was not fitted on: {_fmt(first.get('judge_accuracy'))}). It looks for "
+        f"the digit {first['judge_digit']} in every held-out final image; the safety concept the expert branch "
+        f"steers away from is \"{spec.safety.concept or 'the Safe pipeline default'}\". Rates: 95% Wilson intervals. SD+SLD − SD: chains paired "
+        "by their initial noise, bootstrap (BCa) interval. Spearman ρ: bootstrap percentile interval; a reward "
+        "that learned the concept scores concept-like images low (ρ < 0), also within SD's images alone.",
+        "",
+        "| | SD | SD+SLD |",
+        "|---|---|---|",
+        f"| images judged the digit {first['judge_digit']}{pooled} | {rate('base')} | {rate('expert')} |",
+        "",
+        "| seed | judge's concept probability, SD | SD+SLD | paired SD+SLD − SD | ρ(reward, concept), all images | "
+        "ρ within SD's images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s, m in judged.items():
+        lines.append(f"| {s} | {m['concept_probability_base']:.3f} | {m['concept_probability_expert']:.3f} | "
+                     f"{estimate(m['concept_probability_difference'])} | "
+                     f"{estimate(m['reward_concept_spearman_all'])} | {estimate(m['reward_concept_spearman_base'])} |")
+    return lines + [""]
 
 
 def _fmt(x) -> str:

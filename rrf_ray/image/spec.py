@@ -47,7 +47,8 @@ class SafetySpec(Strict):
     threshold: float = Field(0.01, description="sld_threshold")
     momentum_scale: float = Field(0.3, ge=0.0, description="sld_momentum_scale")
     mom_beta: float = Field(0.4, ge=0.0, le=1.0, description="sld_mom_beta")
-    concept: str | None = Field(None, description="the safety concept text (default: the Safe pipeline's)")
+    concept: str | None = Field(None, description="the safety concept text the expert branch steers away from "
+                                "(default: the Safe pipeline's; a digits pipeline's e.g. 'a handwritten zero')")
 
 
 class ImageEvaluationSpec(Strict):
@@ -59,6 +60,9 @@ class ImageEvaluationSpec(Strict):
     max_batches: int = Field(4, gt=0, description="batches shown on the page")
     blur_fraction: float = Field(0.04, ge=0.0, description="Gaussian blur radius of lowest-reward images, "
                                  "as a fraction of the image width (0: no blur)")
+    judge_digit: int | None = Field(None, ge=0, le=9, description="digits pipelines (python -m rrf_ray.data "
+                                    "digits-pipeline): the concept digit an independent judge, a classifier fitted "
+                                    "on the pipeline's held-out real digits, looks for in every held-out image")
 
 
 class ImageSweepSpec(Strict):

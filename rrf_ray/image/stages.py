@@ -66,7 +66,12 @@ def inputs(spec: ImageSweepSpec) -> tuple[str, list[str]]:
     from rrf_ray.image.pipeline import check_model, read_prompts
 
     g = spec.generation
-    return check_model(g.model), read_prompts(g.prompts, g.prompt_column, g.max_prompts)
+    model = check_model(g.model)
+    if spec.evaluation.judge_digit is not None:
+        from rrf_ray.image.digits import check_judge_data
+
+        check_judge_data(model)
+    return model, read_prompts(g.prompts, g.prompt_column, g.max_prompts)
 
 
 def read_inputs(storage: SweepStorage) -> tuple[str, list[str], str]:
@@ -119,12 +124,14 @@ def _trial_work(spec: ImageSweepSpec, paths: SweepPaths, tid: str, seed: int, mo
                 skey: str, rkey: str) -> dict:
     import ray
 
+    from rrf_ray.image.digits import DigitJudge
     from rrf_ray.image.evaluate import (
         decode,
         decode_latents,
         extremes_png,
         extremes_table,
         final_latents,
+        judged_concept,
         pick_extremes,
         score_finals,
     )
@@ -150,19 +157,30 @@ def _trial_work(spec: ImageSweepSpec, paths: SweepPaths, tid: str, seed: int, mo
     scores = score_finals(reward, finals, t=spec.evaluation.t, seed=seed)
     batches = pick_extremes(scores["rewards"], spec.evaluation, seed=seed)
     shown = sorted({i for b in batches for side in ("highest", "lowest") for i in b[side]})
+    digit = spec.evaluation.judge_digit
+    wanted = list(range(len(finals["latents"]))) if digit is not None else shown  # the judge sees every image
     if r.use_gpu:
         decoded = ray.get(decode_latents.options(num_cpus=1, num_gpus=g.gpus_per_task).remote(
-            model, finals["latents"][shown], g.dtype, True))
+            model, finals["latents"][wanted], g.dtype, True))
     else:
-        decoded = decode(model, finals["latents"][shown], g.dtype, False)
-    png = extremes_png(dict(zip(shown, decoded)), batches, scores["rewards"], finals["kind"],
+        decoded = decode(model, finals["latents"][wanted], g.dtype, False)
+    images = dict(zip(wanted, decoded))
+    png = extremes_png({i: images[i] for i in shown}, batches, scores["rewards"], finals["kind"],
                        spec.evaluation.blur_fraction)
     write_atomic(out / "extremes.png", png)
-    return {**{k: v for k, v in scores.items() if k != "rewards"},
+    judged, concept = {}, None
+    if digit is not None:
+        timer.start("judge")
+        judge = DigitJudge.from_pipeline(model)
+        probabilities = judge.probabilities(decoded)
+        concept = probabilities[:, digit]
+        judged = {**judged_concept(scores["rewards"], finals, concept, probabilities.argmax(axis=1), digit, seed),
+                  "judge_accuracy": judge.accuracy}
+    return {**{k: v for k, v in scores.items() if k != "rewards"}, **judged,
             "train_rows": manifest.rows("train"), "val_rows": manifest.rows("val"),
             **{k: reward_metrics.get(k) for k in ("loss", "val_loss", "val_cosine")},
             "shards": skey, "reward": rkey,
-            "extremes": extremes_table(batches, scores["rewards"], finals, prompts, g.images_per_prompt),
+            "extremes": extremes_table(batches, scores["rewards"], finals, prompts, g.images_per_prompt, concept),
             **timer.stop()}
 
 
@@ -226,7 +244,11 @@ def dry_run(spec: ImageSweepSpec) -> str:
     g, r = spec.generation, spec.resources
     notes = []
     try:
-        check_model(g.model)
+        model = check_model(g.model)
+        if spec.evaluation.judge_digit is not None:
+            from rrf_ray.image.digits import check_judge_data
+
+            check_judge_data(model)
     except ConfigError as e:
         notes.append(f"missing input: {e}")
     try:
@@ -252,7 +274,11 @@ def dry_run(spec: ImageSweepSpec) -> str:
         f"4x{g.latent_size}x{g.latent_size})",
         f"stage 2 trials: a Tune grid over the seeds; each trains a latent_conv reward "
         f"({spec.reward.train_steps:,} steps of batch {spec.reward.batch_size}, {per_run}), scores the held-out "
-        f"SD vs SD+SLD final latents (accuracy, ROC AUC) and draws its extremes -> trials/seed<N>/result.json; "
+        f"SD vs SD+SLD final latents (accuracy, ROC AUC)"
+        + ("" if spec.evaluation.judge_digit is None else
+           f", decodes every one for the judge (how often the digit {spec.evaluation.judge_digit} appears, its "
+           "correlation with the reward)")
+        + " and draws its extremes -> trials/seed<N>/result.json; "
         f"max concurrent: {r.max_concurrent_trials or 'unlimited'}; retries: {r.max_failures}",
         "stage 3 report: report.md, results.json, figures/extremes.png"
         + (" (the mean over seeds, and a row per seed)" if n_seeds > 1 else ""),
