@@ -144,14 +144,17 @@ def write_image_report(sweep_dir) -> Path:
         ("Batches of held-out images; the lowest-reward images are blurred. ![extremes](figures/extremes.png)"
          + (f" Seed {shown}; every seed's are in trials/seed<N>/{FIGURE_FILE}." if several else "")),
         "",
-        "| batch | side | reward | pipeline | judge's concept probability | prompt |",
-        "|---|---|---|---|---|---|",
     ]
-    for b, batch in enumerate(results[shown]["metrics"]["extremes"]):
+    extremes = results[shown]["metrics"]["extremes"]
+    judged = any("concept_probability" in row for batch in extremes for side in batch.values() for row in side)
+    lines += (["| batch | side | reward | pipeline | judge's concept probability | prompt |", "|---|---|---|---|---|---|"]
+              if judged else ["| batch | side | reward | pipeline | prompt |", "|---|---|---|---|---|"])
+    for b, batch in enumerate(extremes):
         for side in ("highest", "lowest"):
             for row in batch[side]:
-                lines.append(f"| {b + 1} | {side} | {row['reward']:.4g} | {row['pipeline']} | "
-                             f"{_fmt(row.get('concept_probability'))} | {row['prompt'].replace('|', '/')[:80]} |")
+                judge = f"{_fmt(row.get('concept_probability'))} | " if judged else ""
+                lines.append(f"| {b + 1} | {side} | {row['reward']:.4g} | {row['pipeline']} | {judge}"
+                             f"{row['prompt'].replace('|', '/')[:80]} |")
     path = write_atomic(sweep_dir / "report.md", "\n".join(lines) + "\n")
     from rrf_ray.engine.report import write_html_report
 
