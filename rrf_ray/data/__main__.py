@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default (minutes on 2 cores) or tiny (the tests', seconds)")
     g.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's, 0)")
     g.add_argument("--threads", type=int, default=None,
-                   help="torch threads in the task (default: its CPUs; 1 on a machine shared with other work)")
-    g.add_argument("--overwrite", action="store_true", help="replace what --out holds, if built otherwise")
+                   help="torch threads in the task (default: its CPUs). On a machine shared with other work "
+                        "give 1: there the tiny preset took 460 s on 2 threads against 36 s on 1")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a digits pipeline in --out built with other settings")
     g.add_argument("--address", default=None, help="Ray address (default: running cluster, else local)")
     g.add_argument("--no-progress", action="store_true")
     return parser
@@ -98,8 +100,23 @@ def print_digits_summary(summary: dict) -> None:
           "(rrf_ray.image.digits.concept_caption)")
 
 
+def get_or_exit_on_user_error(refs, *user_errors: type[Exception]):
+    """ray.get(refs); a task that failed on one of `user_errors` (a bad argument, a missing or foreign
+    dataset) prints that one line and exits 2, as the same error raised here would."""
+    import ray
+
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, user_errors):
+            exit_on_user_error(e.cause)
+        raise
+
+
 def digits_main(args) -> int:
-    """One Ray task with every CPU of the cluster trains the pipeline; a finished build is reused here."""
+    """One Ray task with every CPU of a node trains the pipeline; a finished build is reused here, without Ray."""
+    from pathlib import Path
+
     from rrf_ray.image.digits import DigitsPipelineSettings, build_digits_pipeline, check_output
 
     try:
@@ -111,10 +128,9 @@ def digits_main(args) -> int:
         existing = check_output(args.out, settings, args.overwrite)
     except ConfigError as e:
         exit_on_user_error(e)
+    out = str(Path(args.out).expanduser().resolve())  # absolute: the task may run in another directory
     if existing is not None:
-        from pathlib import Path
-
-        print_digits_summary({**existing, "path": str(Path(args.out).expanduser().resolve())})
+        print_digits_summary({**existing, "path": out})
         return 0
 
     import ray
@@ -122,17 +138,12 @@ def digits_main(args) -> int:
     from rrf_ray.engine.ray_runtime import init_ray
 
     init_ray(args.address, dashboard=False)
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # every CPU of the largest node (on one machine: of the cluster); more could never be scheduled
+    cpus = max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] + [1])
     task = ray.remote(build_digits_pipeline).options(num_cpus=cpus, max_retries=0)
-    ref = task.remote(str(args.out), settings, threads=args.threads or cpus, progress=not args.no_progress,
+    ref = task.remote(out, settings, threads=args.threads or cpus, progress=not args.no_progress,
                       overwrite=args.overwrite)
-    try:
-        summary = ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, ConfigError):
-            exit_on_user_error(e.cause)
-        raise
-    print_digits_summary(summary)
+    print_digits_summary(get_or_exit_on_user_error(ref, ConfigError))
     return 0
 
 
@@ -168,13 +179,7 @@ def sac_main(args) -> int:
     refs = [task.remote(SACSettings(env_id, args.steps, args.seed, args.episode_steps, args.checkpoint_every),
                         data, args.root, threads=cpus, progress=not args.no_progress, overwrite=args.overwrite)
             for env_id in args.env_ids]
-    try:
-        summaries = ray.get(refs)
-    except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, DatasetError):
-            exit_on_user_error(e.cause)
-        raise
-    for summary in summaries:
+    for summary in get_or_exit_on_user_error(refs, DatasetError):
         print(f"{summary['env_id']} seed {summary['seed']}: random policy {summary['random_return']}, "
               f"evaluation returns by step {summary['evaluations']}")
         for kind, did in summary["datasets"].items():

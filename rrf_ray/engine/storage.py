@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
+from rrf_ray.engine.atomic import replace_directory
+
 
 def is_uri(location) -> bool:
     return "://" in str(location)
@@ -118,13 +120,7 @@ class SweepStorage:
                             destination_filesystem=pafs.LocalFileSystem())
             if local.exists() and not refresh:
                 return local  # another process on this node pulled it meanwhile: keep theirs
-            if local.is_dir():  # swap, so that readers never see a half-deleted directory
-                old = local.with_name(f".{local.name}.old-{uuid.uuid4().hex[:8]}")
-                os.replace(local, old)
-                os.replace(tmp, local)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, local)
+            replace_directory(tmp, local) if local.is_dir() else os.replace(tmp, local)
         finally:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)

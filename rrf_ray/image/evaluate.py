@@ -146,7 +146,7 @@ def judged_concept(rewards: np.ndarray, finals: dict, concept: np.ndarray, judge
     telling the pipelines apart) within SD's images alone. Counts, not rates, are kept so the
     report can pool seeds and print Wilson intervals.
     """
-    from rrf_ray.metrics.aggregate import paired_difference
+    from rrf_ray.metrics.aggregate import paired_difference, spearman_correlation
 
     kind, ids = finals["kind"], finals["chain_id"]
     out = {"judge_digit": int(digit)}
@@ -160,21 +160,6 @@ def judged_concept(rewards: np.ndarray, finals: dict, concept: np.ndarray, judge
     diff = paired_difference(concept[[j for _, j in pairs]], concept[[j for j, _ in pairs]], seed=seed)
     out["concept_probability_difference"] = [diff.value, diff.low, diff.high, diff.n]
     for name, mask in (("all", np.ones(len(kind), dtype=bool)), ("base", kind == 1)):
-        rho = spearman_with_interval(rewards[mask], concept[mask], seed=seed)
-        out[f"reward_concept_spearman_{name}"] = rho
+        rho = spearman_correlation(rewards[mask], concept[mask], seed=seed)
+        out[f"reward_concept_spearman_{name}"] = [rho.value, rho.low, rho.high, rho.n]
     return out
-
-
-def spearman_with_interval(x, y, seed: int = 0) -> list[float]:
-    """[rho, low, high, n]: Spearman's correlation and its 95% bootstrap interval over pairs (percentile)."""
-    from scipy import stats
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    n = len(x)
-    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return [float("nan"), float("nan"), float("nan"), n]
-    rho = float(stats.spearmanr(x, y).statistic)
-    ci = stats.bootstrap((x, y), lambda a, b: stats.spearmanr(a, b).statistic, paired=True, vectorized=False,
-                         n_resamples=1000, method="percentile",
-                         random_state=np.random.default_rng(seed)).confidence_interval
-    return [rho, float(ci.low), float(ci.high), n]

@@ -24,6 +24,12 @@ def run_digits_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="session")
+def digits_cli():
+    """run_digits_cli, for tests that call the CLI themselves (a conftest is not importable by name)."""
+    return run_digits_cli
+
+
+@pytest.fixture(scope="session")
 def digits_pipeline(tmp_path_factory) -> Path:
     """The tiny preset's digits pipeline directory (StableDiffusionPipeline files, digits.json,
     holdout.npz, prompts/), built once through the CLI. One torch thread: on a 2-core machine

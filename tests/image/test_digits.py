@@ -13,18 +13,18 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 pytest.importorskip("transformers")
-
-from conftest import run_digits_cli  # noqa: E402
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # small tensors: a second thread only spins
 
 from rrf_ray.engine.spec import ConfigError  # noqa: E402
 from rrf_ray.image.digits import (  # noqa: E402
     DIGIT_WORDS, HOLDOUT_FILE, TEMPLATES, DigitJudge, DigitsPipelineSettings, build_digits_pipeline, byte_tokenizer,
     caption, concept_caption, neighbours, split_digits)
 
-# The tiny build's images must show the prompted digit well above chance (0.1): measured 0.45 for the
-# tiny preset, build seed 0, 20 images (the preset stops just past where captions start to be followed;
-# the default preset's sample check names the prompted digit in nearly every image).
-MIN_SAMPLE_ACCURACY = 0.3
+# The tiny build's images must show the prompted digit this often (chance: 0.1). Measured with this
+# test's generation (DDIM 20 steps, guidance 4) on build seeds 0-4 of the tiny preset (600 steps):
+# these 40 images 0.75, 1.0, 0.825, 0.95, 0.95; 200 others 0.755, 0.92, 0.80, 0.985, 0.925. 0.5
+# leaves the weakest seed ~3.5 standard errors of a 40-image estimate.
+MIN_SAMPLE_ACCURACY = 0.5
 
 
 def test_pipeline_loads_in_diffusers_and_draws_the_prompted_digit(digits_pipeline):
@@ -35,11 +35,11 @@ def test_pipeline_loads_in_diffusers_and_draws_the_prompted_digit(digits_pipelin
 
     pipe = StableDiffusionPipeline.from_pretrained(digits_pipeline, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
-    per_digit = 2
+    per_digit = 4
     prompts = [concept_caption(d) for d in range(10) for _ in range(per_digit)]
     images = pipe(prompts, height=16, width=16, num_inference_steps=20, guidance_scale=4.0,
                   generator=torch.Generator().manual_seed(0), output_type="np").images
-    assert images.shape == (20, 16, 16, 3)
+    assert images.shape == (40, 16, 16, 3)
     judge = DigitJudge.from_pipeline(digits_pipeline)
     predicted = judge.predict((images * 255).round().astype(np.uint8))
     accuracy = float((predicted == np.repeat(np.arange(10), per_digit)).mean())
@@ -80,17 +80,17 @@ def test_judge_is_accurate_and_fitted_only_on_the_holdout(digits_pipeline, tmp_p
     assert threes.mean() > 0.5 and threes.mean() > 5 * others.mean(), (threes.mean(), others.mean())
 
 
-def test_rerun_reuses_the_build_and_other_settings_need_overwrite(digits_pipeline):
+def test_rerun_reuses_the_build_and_other_settings_need_overwrite(digits_pipeline, digits_cli):
     files = {p: p.stat().st_mtime_ns for p in digits_pipeline.rglob("*") if p.is_file()}
     start = time.time()
-    again = run_digits_cli("--out", str(digits_pipeline), "--preset", "tiny", "--threads", "1")
+    again = digits_cli("--out", str(digits_pipeline), "--preset", "tiny", "--threads", "1")
     assert again.returncode == 0, again.stderr
     assert "reused" in again.stdout and time.time() - start < 60
     assert {p: p.stat().st_mtime_ns for p in digits_pipeline.rglob("*") if p.is_file()} == files
-    other = run_digits_cli("--out", str(digits_pipeline), "--preset", "tiny", "--seed", "1")
+    other = digits_cli("--out", str(digits_pipeline), "--preset", "tiny", "--seed", "1")
     assert other.returncode == 2
     assert "--overwrite" in other.stderr and "seed" in other.stderr
-    bad = run_digits_cli("--out", str(digits_pipeline), "--preset", "huge")
+    bad = digits_cli("--out", str(digits_pipeline), "--preset", "huge")
     assert bad.returncode == 2 and "--preset" in bad.stderr
 
 
@@ -117,6 +117,12 @@ def test_failed_build_leaves_nothing_that_looks_finished(tmp_path):
     with pytest.raises(ConfigError, match="max_length"):
         build_digits_pipeline(out, settings, progress=False)
     assert list(tmp_path.iterdir()) == []
+    # a directory that is not a digits pipeline is never replaced, even with overwrite
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds no digits pipeline"):
+        build_digits_pipeline(out, DigitsPipelineSettings.preset("tiny"), progress=False, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_byte_tokenizer_fits_every_caption(tmp_path):

@@ -5,6 +5,8 @@ The tests make two tiny local Minari datasets themselves: the base from a random
 forwards (written as a D4RL-layout HDF5 file and converted by rrf_ray's D4RL converter).
 """
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from rrf_ray.data.minari_io import minari_root
 from rrf_ray.diffusion.checkpoint import load_diffuser
 from rrf_ray.diffusion.model import TrajectoryDiffuser
 from rrf_ray.diffusion.spec import GuidanceSpec
+from rrf_ray.engine.cli import main as sweep_main
 from rrf_ray.engine.loading import load_spec
 from rrf_ray.engine.storage import SweepStorage
 from rrf_ray.locomotion.datasets import env_windows
@@ -101,9 +104,16 @@ def datasets(tmp_path_factory):
     return root, base, expert
 
 
-def sweep_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "rrf_ray.sweep", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+def sweep_cli(*args) -> subprocess.CompletedProcess:
+    """`python -m rrf_ray.sweep ARGS` in this process (its main(), exit code and both streams): a
+    dry run or a refused spec starts no Ray, and a fresh interpreter per call cost ~4 s of imports."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = sweep_main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 # -- fast ---------------------------------------------------------------------------------
@@ -179,8 +189,9 @@ def tiny_sweep(datasets, tmp_path_factory, ray_local):
     root = datasets[0]
     storage = tmp_path_factory.mktemp("loco-results")
     address = ray.get_runtime_context().gcs_address
-    r = sweep_cli("locomotion-tiny", "--storage", storage, "--address", address,
-                  "--set", f"datasets_root={root}", "--set", "transfer_seeds=[9]", timeout=900)
+    r = subprocess.run([sys.executable, "-m", "rrf_ray.sweep", "locomotion-tiny", "--storage", str(storage),
+                        "--address", address, "--set", f"datasets_root={root}", "--set", "transfer_seeds=[9]"],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return storage / "locomotion-tiny"
 
