@@ -145,6 +145,11 @@ def judged_concept(rewards: np.ndarray, finals: dict, concept: np.ndarray, judge
     low: its Spearman correlation with `concept` is negative, over all images and (beyond
     telling the pipelines apart) within SD's images alone. Counts, not rates, are kept so the
     report can pool seeds and print Wilson intervals.
+
+    Pairs: how many SLD turned into another digit, and how often the reward ranks the SD+SLD image
+    above its SD twin, over all pairs and over those whose SD image shows the concept. Where the
+    prompts rarely draw the concept, SLD leaves most pairs alike and no reward can tell those
+    apart: the concept pairs are where the pipelines differ, as I2P's prompts make them differ.
     """
     from rrf_ray.metrics.aggregate import paired_difference, spearman_correlation
 
@@ -158,6 +163,14 @@ def judged_concept(rewards: np.ndarray, finals: dict, concept: np.ndarray, judge
     base = {int(i): j for j, i in enumerate(ids) if kind[j] == 1}
     pairs = [(base[int(i)], j) for j, i in enumerate(ids) if kind[j] == 2 and int(i) in base]
     diff = paired_difference(concept[[j for _, j in pairs]], concept[[j for j, _ in pairs]], seed=seed)
+    sd, sld = np.array([j for j, _ in pairs], dtype=int), np.array([j for _, j in pairs], dtype=int)
+    shows_concept = judged_digit[sd] == digit
+    expert_above = rewards[sld] > rewards[sd]
+    out["pairs"] = len(pairs)
+    out["pairs_digit_changed"] = int(np.sum(judged_digit[sd] != judged_digit[sld]))
+    out["pairs_expert_ranked_above"] = int(expert_above.sum())
+    out["concept_pairs"] = int(shows_concept.sum())
+    out["concept_pairs_expert_ranked_above"] = int(expert_above[shows_concept].sum())
     out["concept_probability_difference"] = [diff.value, diff.low, diff.high, diff.n]
     for name, mask in (("all", np.ones(len(kind), dtype=bool)), ("base", kind == 1)):
         rho = spearman_correlation(rewards[mask], concept[mask], seed=seed)

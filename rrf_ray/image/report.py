@@ -204,7 +204,31 @@ def judge_lines(spec: ImageSweepSpec, finished: dict[int, dict]) -> list[str]:
         lines.append(f"| {s} | {m['concept_probability_base']:.3f} | {m['concept_probability_expert']:.3f} | "
                      f"{estimate(m['concept_probability_difference'])} | "
                      f"{estimate(m['reward_concept_spearman_all'])} | {estimate(m['reward_concept_spearman_base'])} |")
+    if all("pairs" in m for m in judged.values()):
+        lines += ["", *pair_lines(judged, first["judge_digit"], pooled)]
     return lines + [""]
+
+
+def pair_lines(judged: dict[int, dict], digit: int, pooled: str) -> list[str]:
+    """Where the two pipelines differ: SD+SLD vs SD images of the same noise, seeds pooled."""
+    from rrf_ray.metrics.intervals import format_rate
+
+    def rate(k_key, n_key):
+        k, n = (sum(m[key] for m in judged.values()) for key in (k_key, n_key))
+        return format_rate([True] * k + [False] * (n - k))
+
+    return [
+        f"Pairs (an SD and an SD+SLD image from the same noise and prompt{pooled}): SLD changes the judged digit of "
+        f"{rate('pairs_digit_changed', 'pairs')} of them, so the accuracy above cannot exceed what that many "
+        f"differing pairs allow. The reward ranks the SD+SLD image above its SD twin (95% Wilson intervals; 50%: "
+        "chance):",
+        "",
+        "| pairs | SD+SLD ranked above SD |",
+        "|---|---|",
+        f"| all | {rate('pairs_expert_ranked_above', 'pairs')} |",
+        f"| whose SD image shows the digit {digit} (where SLD acts) | "
+        f"{rate('concept_pairs_expert_ranked_above', 'concept_pairs')} |",
+    ]
 
 
 def _fmt(x) -> str:

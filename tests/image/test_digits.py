@@ -133,3 +133,17 @@ def test_byte_tokenizer_fits_every_caption(tmp_path):
     assert [concept_caption(d) for d in range(10)] == [f"a handwritten {w}" for w in DIGIT_WORDS]
     with pytest.raises(ConfigError, match="preset"):
         DigitsPipelineSettings.preset("huge")
+
+
+def test_pairs_count_where_sld_changed_the_digit_and_how_the_reward_ranks_the_twins():
+    from rrf_ray.image.evaluate import judged_concept
+
+    # chains 0-3, SD then SD+SLD; SLD turned chain 0's and 1's zeros into a six and a nine
+    finals = {"kind": np.array([1, 1, 1, 1, 2, 2, 2, 2]), "chain_id": np.array([0, 1, 2, 3, 0, 1, 2, 3])}
+    judged = np.array([0, 0, 5, 7, 6, 9, 5, 7])
+    concept = np.where(judged == 0, 0.9, 0.05)
+    rewards = np.array([0.1, 0.5, 0.2, 0.3, 0.4, 0.2, 0.25, 0.1])  # chain 0: SLD's above; chain 1: below
+    m = judged_concept(rewards, finals, concept, judged, digit=0)
+    assert (m["pairs"], m["pairs_digit_changed"], m["concept_pairs"]) == (4, 2, 2)
+    assert m["concept_pairs_expert_ranked_above"] == 1 and m["pairs_expert_ranked_above"] == 2
+    assert (m["concept_base"], m["concept_expert"]) == (2, 0)

@@ -63,8 +63,11 @@ def test_sd_digits_tiny_runs_end_to_end_and_resume_recomputes_nothing(ray_local,
     rho, low, high, n = m["reward_concept_spearman_all"]
     assert n == m["n_base"] + m["n_expert"] and -1 <= low <= rho <= high <= 1
     assert all("concept_probability" in row for batch in m["extremes"] for side in batch.values() for row in side)
+    assert m["pairs"] == m["n_base"] and 0 <= m["concept_pairs"] == m["concept_base"]
+    assert m["concept_pairs_expert_ranked_above"] <= m["concept_pairs"] and m["pairs_digit_changed"] <= m["pairs"]
     report = (out / "report.md").read_text()
     assert "by an independent judge" in report and "images judged the digit 0" in report
+    assert "| whose SD image shows the digit 0 (where SLD acts) |" in report
     assert '"a handwritten zero"' in report
     results = json.loads((out / "results.json").read_text())
     assert results["judge"]["0"]["concept_base"] == m["concept_base"]
