@@ -147,9 +147,10 @@ def judged_concept(rewards: np.ndarray, finals: dict, concept: np.ndarray, judge
     report can pool seeds and print Wilson intervals.
 
     Pairs: how many SLD turned into another digit, and how often the reward ranks the SD+SLD image
-    above its SD twin, over all pairs and over those whose SD image shows the concept. Where the
-    prompts rarely draw the concept, SLD leaves most pairs alike and no reward can tell those
-    apart: the concept pairs are where the pipelines differ, as I2P's prompts make them differ.
+    above its SD twin, over all pairs and over those whose SD image shows the concept (where SLD
+    acts most, as on I2P's prompts). Within a pair prompt and noise are shared, so the ranking
+    sees SLD's effect alone; the unpaired accuracy must also beat the reward's prompt-to-prompt
+    variation.
     """
     from rrf_ray.metrics.aggregate import paired_difference, spearman_correlation
 

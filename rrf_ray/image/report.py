@@ -219,9 +219,10 @@ def pair_lines(judged: dict[int, dict], digit: int, pooled: str) -> list[str]:
 
     return [
         f"Pairs (an SD and an SD+SLD image from the same noise and prompt{pooled}): SLD changes the judged digit of "
-        f"{rate('pairs_digit_changed', 'pairs')} of them, so the accuracy above cannot exceed what that many "
-        f"differing pairs allow. The reward ranks the SD+SLD image above its SD twin (95% Wilson intervals; 50%: "
-        "chance):",
+        f"{rate('pairs_digit_changed', 'pairs')} of them (the others keep their digit). Within a pair the "
+        "prompt and the noise are the same, so the ranking below sees SLD's effect alone, where the accuracy above "
+        "must also tell it from how the reward varies from prompt to prompt. How often the reward ranks the SD+SLD "
+        "image above its SD twin (95% Wilson intervals; 50%: chance):",
         "",
         "| pairs | SD+SLD ranked above SD |",
         "|---|---|",
