@@ -54,14 +54,42 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def oracle_gaps(rows: list[dict]) -> dict[int, tuple[float, float]]:
+    """seed -> (R_oracle - R_base, its standard error) from that seed's base and oracle rollouts (means, stds
+    and counts); seeds missing either are absent."""
+    ok = {(r["method"], r["seed"]): r for r in rows if r.get("status") == "ok" and r.get("net") is None}
+    out = {}
+    for (method, seed), base in ok.items():
+        true = ok.get(("true_reward", seed))
+        if method != "base" or true is None:
+            continue
+        parts = [base.get("return_mean"), true.get("return_mean"), base.get("return_std"), true.get("return_std")]
+        if not all(_finite(x) for x in parts):
+            continue
+        n_base, n_true = (max(1, int(r.get("n_rollouts") or 1)) for r in (base, true))
+        se = math.sqrt(parts[2] ** 2 / n_base + parts[3] ** 2 / n_true)
+        out[seed] = (parts[1] - parts[0], se)
+    return out
+
+
+def unnormalisable_seeds(rows: list[dict]) -> list[int]:
+    """Seeds whose oracle does not beat their base by two standard errors: (R - R_base) / (R_oracle - R_base)
+    divides by noise there (a 30-point gap gave ratios from -55 to +92), so they get no normalised return."""
+    return sorted(s for s, (gap, se) in oracle_gaps(rows).items() if not gap > 2 * se)
+
+
 def normalised_returns(rows: list[dict]) -> dict[tuple[str, str | None, int], float]:
     """(method, net, seed) -> (R - R_base) / (R_oracle - R_base) with that seed's base and oracle (true-reward)
-    means; absent where a part is missing, failed or non-finite, or the oracle ties the base."""
+    means; absent where a part is missing, failed or non-finite, or the oracle does not clearly beat the base
+    (unnormalisable_seeds)."""
     by = {(r["method"], r.get("net"), r["seed"]): r.get("return_mean") for r in rows if r.get("status") == "ok"}
+    gaps, bad = oracle_gaps(rows), set(unnormalisable_seeds(rows))
     out = {}
     for (method, net, seed), value in by.items():
         base, true = by.get(("base", None, seed)), by.get(("true_reward", None, seed))
         if not (_finite(value) and _finite(base) and _finite(true)) or true == base:
+            continue
+        if seed in bad or (seed not in gaps and true <= base):  # no stds to judge by: at least a gain
             continue
         out[method, net, seed] = (value - base) / (true - base)
     return out
@@ -74,7 +102,7 @@ def variants(spec: IRLExperimentSpec) -> list[tuple[str, str | None]]:
 def summarise(spec: IRLExperimentSpec, rows: list[dict], reps: int | None = None) -> list[dict]:
     """One row per method x net: per-seed values, pooled return, IQMs with intervals, P(return > base), and the
     counts of trials failed (or missing) and of ok trials whose metric is not finite."""
-    norm = normalised_returns(rows)
+    norm, bad = normalised_returns(rows), set(unnormalisable_seeds(rows))
     kw = {} if reps is None else {"reps": reps}
     base_returns = [r.get("return_mean") for r in rows if r["method"] == "base" and r.get("status") == "ok"
                     and _finite(r.get("return_mean"))]
@@ -88,7 +116,7 @@ def summarise(spec: IRLExperimentSpec, rows: list[dict], reps: int | None = None
         stds = np.array([r["return_std"] for r in finite], dtype=float)
         # Pooled over rollouts: the mean of the seeds' means, the std from the seeds' stds and means.
         pooled_std = float(np.sqrt(np.mean(stds ** 2 + (means - means.mean()) ** 2))) if len(finite) else math.nan
-        normalised = {r["seed"]: norm.get((method, net, r["seed"]), math.nan) for r in ok}
+        normalised = {r["seed"]: norm.get((method, net, r["seed"]), math.nan) for r in ok if r["seed"] not in bad}
         ercs = {r["seed"]: r.get("erc") for r in ok} if spec.scores_reward(method) else {}
         per_step = spec.scores_reward(method) and spec.per_step(method, net)
         epics = {r["seed"]: r.get("epic") for r in ok} if per_step else {}
@@ -104,10 +132,12 @@ def summarise(spec: IRLExperimentSpec, rows: list[dict], reps: int | None = None
                "nan_erc": sorted(s for s, v in ercs.items() if not _finite(v)),
                "nan_epic": sorted(s for s, v in epics.items() if not _finite(v))}
         scores = {"normalised": [v for v in normalised.values() if _finite(v)],
+                  "return": [v for v in returns.values() if _finite(v)],
                   "erc": [v for v in ercs.values() if _finite(v)], "epic": [v for v in epics.values() if _finite(v)],
                   "starc": [v for v in starcs.values() if _finite(v)]}
         est = iqm({k: np.asarray(v, dtype=float) for k, v in scores.items() if v}, **kw)
         row["normalised_iqm"] = est.get("normalised", NAN_ESTIMATE)
+        row["return_iqm"] = est.get("return", NAN_ESTIMATE)
         row["erc_iqm"] = est.get("erc", NAN_ESTIMATE)
         row["epic_iqm"] = est.get("epic", NAN_ESTIMATE)
         row["starc_iqm"] = est.get("starc", NAN_ESTIMATE)
@@ -124,6 +154,12 @@ def _f(x, digits: int = 1) -> str:
 
 def _per_seed(values: dict, digits: int) -> str:
     return ", ".join(f"s{s}: {_f(v, digits) if _finite(v) else 'NaN'}" for s, v in sorted(values.items())) or "—"
+
+
+def _per_seed_normalised(s: dict, unnormalisable: list[int]) -> str:
+    text = _per_seed(s["normalised_per_seed"], 2)
+    marks = [f"s{b}: n/a" for b in unnormalisable if b in s["returns_per_seed"]]
+    return ", ".join(x for x in [text if text != "—" else "", *marks] if x) or "—"
 
 
 def _counts(s: dict, nan_key: str) -> str:
@@ -199,9 +235,10 @@ def protocol_card(spec: IRLExperimentSpec, rows: list[dict]) -> list[str]:
               f"seed {v.seed} + s, planner noise seed s. **Re-planning**, not open-loop: a receding horizon that "
               f"plans, executes the plan's first action and re-plans every {v.replan_every} step(s).",
               "- **Normalisation**: (R − R_base)/(R_oracle − R_base) per seed, against that seed's base and "
-              "oracle. "
-              "Across seeds: the interquartile mean with rliable's stratified-bootstrap 95% interval (no interval "
-              "with one seed), and P(return > base's) over the seeds' mean returns (rliable).",
+              "oracle; none for a seed whose oracle does not beat its base by two standard errors. "
+              "Across seeds: the interquartile mean of returns and of normalised returns with rliable's "
+              "stratified-bootstrap 95% interval (no interval with one seed), and P(return > base's) over the "
+              "seeds' mean returns (rliable).",
               f"- **ERC** (Pearson distance, lower is better) between learned and true returns of {v.erc_windows} "
               f"{w.horizon}-row windows drawn uniformly across the held-out episodes of that seed's base data (the "
               "coverage set: reward-agnostic data no reward trained on).",
@@ -233,16 +270,25 @@ def render_markdown(spec: IRLExperimentSpec, rows: list[dict], summary: list[dic
              "y = row + 0.5 from the top-left corner, walls included).", ""]
     lines += protocol_card(spec, rows)
     lines += ["", "## Behaviour", "",
-              "| method | net | guidance scale | return (mean ± std) | normalised, per seed | normalised IQM [95% CI] "
-              "| P(return > base) [95% CI] | trials ok | thesis return (U-maze) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| method | net | guidance scale | return (mean ± std) | return IQM [95% CI] | normalised, per seed "
+              "| normalised IQM [95% CI] | P(return > base) [95% CI] | trials ok | thesis return (U-maze) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    bad = unnormalisable_seeds(rows)
     for s in summary:
         thesis = THESIS_UMAZE.get(s["method"]) if s["net"] in (None, "plan") else None
         t_ret = f"{thesis[0]:.1f} ± {thesis[1]:.1f}" if thesis else "—"
         poi = s["p_improvement"].format() if s["method"] != "base" else "—"
         lines.append(f"| {_label(s['method'], s['net'])} | {s['net'] or '—'} | {_scale_text(spec, s)} "
-                     f"| {_f(s['return_mean'])} ± {_f(s['return_std'])} | {_per_seed(s['normalised_per_seed'], 2)} "
+                     f"| {_f(s['return_mean'])} ± {_f(s['return_std'])} | {s['return_iqm'].format(1)} "
+                     f"| {_per_seed_normalised(s, bad)} "
                      f"| {s['normalised_iqm'].format()} | {poi} | {_counts(s, 'nan_normalised')} | {t_ret} |")
+    if bad:
+        gaps = oracle_gaps(rows)
+        lines += ["", "**No normalised return for seed(s) " + ", ".join(str(b) for b in bad) + "**: there the oracle "
+                  "does not beat the base by two standard errors (" + "; ".join(
+                      f"s{b}: R_oracle − R_base = {gaps[b][0]:.1f} ± {gaps[b][1]:.1f}" for b in bad) + "), so the ratio "
+                  "would divide by noise. Their trials count in the return IQM and P(return > base); the normalised "
+                  "IQM is over the other seeds."]
     learned = [s for s in summary if spec.scores_reward(s["method"])]
     if learned:
         lines += ["", "## Reward quality (ERC, EPIC, STARC: distances to the true reward, lower is better)", "",

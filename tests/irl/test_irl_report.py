@@ -121,3 +121,23 @@ def test_one_seed_gives_values_without_an_interval(tmp_path):
     spec, root = fake_sweep(tmp_path, seeds=(0,))
     report = write_report(root, reps=200).read_text()
     assert "(n = 1, no interval)" in report
+
+
+def test_a_seed_whose_oracle_does_not_beat_its_base_gets_no_normalised_return(tmp_path):
+    """Seed 1's oracle beats its base by 0.5 with rollout stds of 5 (2 rollouts each: standard error 5): a
+    ratio there would divide by noise. Seed 1 has no normalised return, says so, and still counts in the
+    return IQM and P(return > base)."""
+    spec, root = fake_sweep(tmp_path, seeds=(0, 1))
+    oracle = root / "trials" / "true_reward-seed1" / "result.json"
+    result = json.loads(oracle.read_text())
+    result["metrics"]["return_mean"] = 101.5  # base 101
+    oracle.write_text(json.dumps(result))
+    rows = load_results(root)[1]
+    assert not any(seed == 1 for _, _, seed in normalised_returns(rows))
+    summary = {(s["method"], s["net"]): s for s in summarise(spec, rows, reps=200)}
+    rrf = summary["rrf", "plan"]
+    assert rrf["normalised_iqm"].n == 1 and rrf["return_iqm"].n == 2 and rrf["nan_normalised"] == []
+    report = write_report(root, reps=200).read_text()
+    assert "**No normalised return for seed(s) 1**" in report and "R_oracle − R_base = 0.5 ± 5.0" in report
+    row = next(x for x in report.splitlines() if x.startswith("| Relative reward") and "| plan |" in x)
+    assert "s1: n/a" in row and rrf["return_iqm"].format(1) in row
