@@ -163,8 +163,8 @@ def judged_concept(rewards: np.ndarray, finals: dict, concept: np.ndarray, judge
         out[f"concept_probability_{name}"] = float(concept[mask].mean()) if mask.any() else float("nan")
     base = {int(i): j for j, i in enumerate(ids) if kind[j] == 1}
     pairs = [(base[int(i)], j) for j, i in enumerate(ids) if kind[j] == 2 and int(i) in base]
-    diff = paired_difference(concept[[j for _, j in pairs]], concept[[j for j, _ in pairs]], seed=seed)
     sd, sld = np.array([j for j, _ in pairs], dtype=int), np.array([j for _, j in pairs], dtype=int)
+    diff = paired_difference(concept[sld], concept[sd], seed=seed)
     shows_concept = judged_digit[sd] == digit
     expert_above = rewards[sld] > rewards[sd]
     out["pairs"] = len(pairs)

@@ -62,7 +62,7 @@ def oracle_gaps(rows: list[dict]) -> dict[int, tuple[float, float]]:
     for (method, seed), base in ok.items():
         true = ok.get(("true_reward", seed))
         if method != "base" or true is None:
-            continue
+            continue  # one entry per seed: its base row, with its oracle
         parts = [base.get("return_mean"), true.get("return_mean"), base.get("return_std"), true.get("return_std")]
         if not all(_finite(x) for x in parts):
             continue
@@ -83,13 +83,12 @@ def normalised_returns(rows: list[dict]) -> dict[tuple[str, str | None, int], fl
     means; absent where a part is missing, failed or non-finite, or the oracle does not clearly beat the base
     (unnormalisable_seeds)."""
     by = {(r["method"], r.get("net"), r["seed"]): r.get("return_mean") for r in rows if r.get("status") == "ok"}
-    gaps, bad = oracle_gaps(rows), set(unnormalisable_seeds(rows))
+    bad = set(unnormalisable_seeds(rows))
     out = {}
     for (method, net, seed), value in by.items():
         base, true = by.get(("base", None, seed)), by.get(("true_reward", None, seed))
-        if not (_finite(value) and _finite(base) and _finite(true)) or true == base:
-            continue
-        if seed in bad or (seed not in gaps and true <= base):  # no stds to judge by: at least a gain
+        # a seed without stds to judge by (unnormalisable_seeds cannot) needs at least a gain
+        if not (_finite(value) and _finite(base) and _finite(true)) or seed in bad or true <= base:
             continue
         out[method, net, seed] = (value - base) / (true - base)
     return out
