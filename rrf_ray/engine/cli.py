@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # SIGINT or SIGTERM (engine.stopping)
         stop = stopped_by(interrupt)
         exit_on_next_signal()
-        shutdown_ray()  # if the signal stopped our Ray too, this waits: the stop's deadline then ends it
+        shutdown_ray()  # (a signal that ended our Ray too ends the process from engine.stopping instead)
         finish_stop()
         say_stopped(stop)
         return stop.exit_code

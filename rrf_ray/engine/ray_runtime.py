@@ -177,9 +177,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     if address and address != "local":
         context = ray.init(address=address, **kwargs)
         what = f"joined the Ray cluster at {address}"
+        stopping.watch_own_ray(set())
     else:
+        before = stopping.child_processes()
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, **kwargs)
         what = "started a private local Ray"
+        stopping.watch_own_ray(stopping.child_processes() - before)  # a stop that takes them down ends at once
     stopping.reinstall()  # ray.init installed Ray's SIGTERM handler (a C++ stack dump)
     _console["raylet_to_log"] = quiet and route_raylet_messages()
     resources = ray.cluster_resources()
@@ -226,7 +229,8 @@ def configure_imported_ray(verbose: bool) -> bool:
 
 def route_raylet_messages() -> bool:
     """The messages the raylet pushes to the driver: warnings ("WARNING: 8 PYTHON worker processes
-    have been started ...") to the driver's log file, the rest printed as Ray prints them. Ray
+    have been started ...") to the driver's log file, the rest printed as Ray prints them (once a
+    stop signal came, all to the log file: "The autoscaler failed ..." says the signal reached it). Ray
     prints them through its module's `print_to_stdstream` (a private hook: no public setting
     routes them), so that is what is wrapped; False where this Ray has no such function. Wrapped
     after ray.init: the printer ray.init registered for worker lines (and the raylet's log
@@ -248,7 +252,7 @@ def _print_raylet_errors_only(print_lines, data: dict, *args, **kwargs) -> None:
         print_lines(data, *args, **kwargs)
         return
     for line in data.get("lines", []):  # printed here: the quiet skip regex would drop it in print_lines
-        if line.startswith("WARNING"):
+        if line.startswith("WARNING") or stopping.stop_requested():  # a stop: Ray's processes die of it too
             logging.getLogger("ray.raylet").warning(line)
         else:
             print(f"(raylet) {line}", file=sys.stderr if data.get("is_err") else sys.stdout, flush=True)

@@ -10,17 +10,27 @@ stops at once (what Tune saved so far is still resumable).
 Tune's own SIGINT handler is turned off (TUNE_DISABLE_SIGINT_HANDLER): it would swallow the
 signal, and the sweep would go on with its next stage. Ray's driver installs a C++ SIGTERM
 handler that prints a stack dump when `ray.init` starts its core worker, so `init_ray` puts
-these handlers back afterwards (`reinstall`). A SIGTERM sent to the driver's whole process
-group reaches the private Ray it started too (Ray's processes block SIGINT only), and every
-call to that Ray then waits a minute before failing: a stop that has not finished within
+these handlers back afterwards (`reinstall`). A stop that has not finished within
 STOP_DEADLINE_S says its last words and ends the process anyway.
+
+A SIGTERM sent to the driver's whole process group (`kill -TERM -PGID`; systemd and Slurm
+signal every process of a job alike) reaches the private Ray it started too: Ray's processes
+block SIGINT only. Its Python processes end at once, its raylet about ten seconds later, and a
+driver whose call to Ray finds the raylet gone is ended by Ray's core worker with exit code 1,
+with no last words. So `init_ray` names the processes of the private Ray it started
+(`watch_own_ray`), and a stop that sees one of them end before the driver began shutting Ray
+down itself (`exit_on_next_signal`) ends the process at once, with its last words: what Tune
+saved before the signal stays resumable.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+import time
+from pathlib import Path
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -42,7 +52,7 @@ class SweepStopped(KeyboardInterrupt):
         return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
 
 
-_state = {"caught": False, "signum": None, "in_tune": 0, "last_words": None}
+_state = {"caught": False, "signum": None, "in_tune": 0, "last_words": None, "own_ray": (), "shutting_down": False}
 _final = threading.Lock()  # whoever ends the stop (the driver, or the deadline) holds it
 
 
@@ -54,9 +64,7 @@ def _on_stop_signal(signum, frame) -> None:
     first = _state["signum"] is None
     if first:
         _state["signum"] = signum
-        deadline = threading.Timer(STOP_DEADLINE_S, _deadline, args=(signum,))
-        deadline.daemon = True
-        deadline.start()
+        threading.Thread(target=_watch_stop, args=(signum,), daemon=True).start()
     if first and _state["in_tune"] and signal.getsignal(signal.SIGUSR1) is not _ignore:
         os.write(2, f"[sweep] {signal.Signals(signum).name}: stopping once Tune has saved its state "
                     "(signal again to stop at once)\n".encode())
@@ -65,7 +73,21 @@ def _on_stop_signal(signum, frame) -> None:
     raise SweepStopped(signum)
 
 
-def _deadline(signum: int) -> None:
+def _watch_stop(signum: int, poll_s: float = 0.05) -> None:
+    """Until the stop's deadline: end the process as soon as the signal is seen to have reached
+    this driver's private Ray too (then every further call to Ray could end it with exit code 1)."""
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    while time.monotonic() < deadline:
+        if _state["own_ray"] and not _state["shutting_down"] and not all(map(_running, _state["own_ray"])):
+            if not _state["shutting_down"]:  # not Ray's own shutdown, begun since the last look
+                os.write(2, f"[sweep] {signal.Signals(signum).name} reached this sweep's own Ray too: stopping "
+                            "now (what Tune saved before it stays resumable)\n".encode())
+                break
+        time.sleep(poll_s)
+    _end_now(signum)
+
+
+def _end_now(signum: int) -> None:
     if _final.acquire(blocking=False):
         if _state["last_words"] is not None:
             _state["last_words"](SweepStopped(signum))
@@ -89,7 +111,7 @@ def catch_stop_signals(last_words: Callable[[SweepStopped], None] | None = None)
     """From now on SIGINT and SIGTERM stop the sweep cleanly (see the module's docstring);
     `last_words(stop)` is what a stop that misses its deadline does before the process ends."""
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    _state.update(caught=True, signum=None, last_words=last_words)
+    _state.update(caught=True, signum=None, last_words=last_words, shutting_down=False)
     _install()
 
 
@@ -97,6 +119,41 @@ def reinstall() -> None:
     """Put the handlers back after `ray.init` replaced SIGTERM's (if `catch_stop_signals` was called)."""
     if _state["caught"]:
         _install()
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal has reached this driver."""
+    return _state["signum"] is not None
+
+
+def child_processes() -> set[int]:
+    """The process ids of this process's children (Linux's /proc; elsewhere none)."""
+    me, children = os.getpid(), set()
+    if not sys.platform.startswith("linux"):
+        return children
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == me:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def watch_own_ray(pids: set[int]) -> None:
+    """The processes of the private Ray this driver started (its GCS, raylet and helpers): a stop
+    that sees one of them end ends the process at once (see the module's docstring)."""
+    _state["own_ray"] = tuple(sorted(pids))
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is alive (neither gone nor a zombie waiting for this process to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def stopped_by(interrupt: KeyboardInterrupt) -> SweepStopped:
@@ -108,7 +165,9 @@ def stopped_by(interrupt: KeyboardInterrupt) -> SweepStopped:
 
 
 def exit_on_next_signal() -> None:
-    """While shutting down after a stop: another signal ends the process at once."""
+    """While shutting down after a stop: another signal ends the process at once (and the end of
+    Ray's processes is the driver's own doing, not the signal's)."""
+    _state["shutting_down"] = True
     if threading.current_thread() is threading.main_thread():
         for s in STOP_SIGNALS:
             signal.signal(s, _exit_now)

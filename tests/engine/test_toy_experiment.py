@@ -51,8 +51,8 @@ def test_a_toy_experiment_registers_itself_runs_stops_resumes_and_grows(tmp_path
     """One toy sweep through a user's whole session (one sweep, so that CI starts Ray five times, not
     seven): a failed trial is recorded; SIGTERM stops the driver in the trials stage with exit 143, no
     stack dumps and one line with the command that resumes; that command stopped by SIGINT (Ctrl-C)
-    exits 130 and by a SIGTERM to its process group (which stops its Ray too) 143 within the stop's
-    deadline; run once more it completes only the failed and the interrupted trials, finished ones
+    exits 130 and by a SIGTERM to its process group (which stops its Ray too) 143 as soon as the
+    driver sees its Ray end; run once more it completes only the failed and the interrupted trials, finished ones
     untouched; `--resume` with one more seed computes only that seed; anything else is refused."""
     toy = Toy(tmp_path, seeds=(0, 1, 2), scale=3.0)
 
@@ -95,6 +95,8 @@ def test_a_toy_experiment_registers_itself_runs_stops_resumes_and_grows(tmp_path
             assert again.wait(timeout=STOP_DEADLINE_S + 60) == code, log.read_text()[-3000:]
         finally:
             kill_session(again)
+        # SIGINT spares Ray's processes (Tune saves); SIGTERM ends them too: the driver sees it and ends at once
+        assert ("SIGTERM reached this sweep's own Ray too" in log.read_text()) == (signum == signal.SIGTERM)
         assert_quiet(log.read_text(), stopped=True)
         assert resume_line(log.read_text()) == resume
         assert not (toy.root / "driver.lock").exists()
