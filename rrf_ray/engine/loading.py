@@ -4,7 +4,8 @@ of the experiment it names, and errors that name the field.
 A name is looked up in `./sweeps/` (a user's own specs) and then among the specs shipped inside the
 package (`rrf_ray/sweeps/`, found from any directory after a plain `pip install`). A spec may start
 from another with `base: NAME` and state only what it changes: mappings merge key by key, lists and
-values replace.
+values replace, and a key set to null is removed (as in Helm's values: `environments: {halfcheetah:
+null, hopper: {...}}` swaps one environment for another; a removed field takes its default).
 """
 
 from __future__ import annotations
@@ -64,10 +65,13 @@ def _summary(text: str, limit: int = 110) -> str:
 
 
 def _merge(base: dict, child: dict) -> dict:
-    """`child` over `base`: mappings merge key by key; lists and values replace."""
+    """`child` over `base`: mappings merge key by key; lists and values replace; null removes the key."""
     out = dict(base)
     for key, value in child.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rrf_ray.data.minari_io import DatasetError, dataset_dir, datasets_root
+from rrf_ray.data.sac import KINDS as SAC_KINDS, dataset_id
 from rrf_ray.data.windows import Normalizer, TrajectoryWindows, load_windows
 from rrf_ray.locomotion.spec import LocomotionSweepSpec
 
@@ -42,7 +43,12 @@ def missing_datasets_message(spec: LocomotionSweepSpec) -> str | None:
         return None
     lines = [f"missing local Minari dataset(s) under {root}:"]
     lines += [f"  {env} {role}: {did!r} (for {spec.environments[env].env_id})" for env, role, did in missing]
-    lines += ["Provide each one in either of two ways:",
+    made_here = sorted({spec.environments[env].env_id for env, _, did in missing
+                        if did in {dataset_id(spec.environments[env].env_id, kind) for kind in SAC_KINDS}})
+    if made_here:  # the ids `python -m rrf_ray.data sac` writes
+        lines += ["Make the SAC datasets here (pip install -e '.[rl]'; see the profile's header for --steps):",
+                  f"  python -m rrf_ray.data sac {' '.join(made_here)} --root {root}"]
+    lines += [("Or provide" if made_here else "Provide") + " each one in either of two ways:",
               "  1. convert a D4RL HDF5 file (e.g. halfcheetah_medium_replay-v2.hdf5) into it:"]
     lines += [f"       python -m rrf_ray.data d4rl-hdf5 FILE.hdf5 --id {did} --env {spec.environments[env].env_id} "
               f"--root {root}" for env, _, did in missing]

@@ -123,6 +123,9 @@ def test_a_spec_starts_from_another_and_states_only_what_it_changes(tmp_path, mo
     assert child.diffusion.train_steps == 3 and child.diffusion.dim == parent.diffusion.dim  # merged key by key
     assert child.mazes == parent.mazes and child.reward == parent.reward
     assert ("mine", "my profile") in list_sweeps() and ("maze2d-tiny", "") != dict(list_sweeps()).get("maze2d-tiny")
+    (tmp_path / "swapped.yaml").write_text("base: maze2d-smoke\nmazes: {open: null, medium: {}}\n")
+    swapped = load_spec(tmp_path / "swapped.yaml")  # null removes a key of the base: one maze swapped for another
+    assert list(swapped.mazes) == ["umaze", "medium"] and swapped.mazes["umaze"] == load_spec("maze2d-smoke").mazes["umaze"]
     (tmp_path / "sweeps" / "loop.yaml").write_text("base: loop2\n")
     (tmp_path / "sweeps" / "loop2.yaml").write_text("base: loop\n")
     with pytest.raises(ConfigError, match="loops"):

@@ -133,6 +133,11 @@ def test_missing_dataset_fails_before_any_work_naming_ids_and_both_ways(tmp_path
     assert "datasets_root" in r.stderr and "MINARI_DATASETS_PATH" in r.stderr  # way 2
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "results").exists()  # nothing was written: no work started
+    assert "rrf_ray.data sac" not in r.stderr  # the tiny profile's datasets are not SAC's
+    r = sweep_cli("locomotion-cpu-hopper", "--storage", tmp_path / "results", "--set",
+                  f"datasets_root={tmp_path / 'none'}")
+    assert r.returncode == 2 and "rrf/hopper-sac-replay-v0" in r.stderr, r.stderr[-2000:]
+    assert f"python -m rrf_ray.data sac Hopper-v5 --root {tmp_path / 'none'}" in r.stderr  # SAC's ids: made here
 
 
 def test_specs_validate_and_the_paper_profile_dry_runs():
@@ -159,6 +164,12 @@ def test_specs_validate_and_the_paper_profile_dry_runs():
     r = sweep_cli("locomotion-tiny", "--dry-run", "--set", "search.report_seeds=[0]")
     assert r.returncode == 2 and "share [0]" in r.stderr and "fresh" in r.stderr
     assert d4rl_score([-280.178953, 12135.0], -280.178953, 12135.0).tolist() == [0.0, 100.0]
+    # the CPU profiles of Hopper and Walker2d: locomotion-cpu with HalfCheetah swapped out (null removes it)
+    for name, env in (("locomotion-cpu-hopper", "hopper"), ("locomotion-cpu-walker2d", "walker2d")):
+        cpu = load_spec(name)
+        assert list(cpu.environments) == [env] and cpu.horizon(env) == 8 and cpu.transfer_seeds == [1]
+        assert cpu.diffusion == load_spec("locomotion-cpu").diffusion
+    assert load_spec("locomotion-cpu-walker2d").reward_of("walker2d").learning_rate == 1e-3
 
 
 def test_discriminator_guidance_is_the_gradient_of_log_sigmoid_d():
