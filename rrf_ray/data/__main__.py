@@ -185,7 +185,7 @@ def sac_main(args) -> int:
         for kind, did in summary["datasets"].items():
             k = summary[kind]
             print(f"  {did}: {k['episodes']} episodes, return {k['mean_return']:.1f} +- {k['std_return']:.1f}")
-        print(f"  policies: {summary['policies']}")
+        print(f"  policies: {summary['policies']}; learning curve: {summary['learning_curve']}")
     return 0
 
 

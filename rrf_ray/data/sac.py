@@ -419,6 +419,43 @@ def build_datasets(record: dict, data: DatasetSettings, root=None) -> dict[str, 
     return ids
 
 
+CURVE_FILE = "learning_curve.png"
+
+
+def plot_learning_curve(record: dict, summary: dict, path: Path) -> Path:
+    """SAC's evaluation return by step, with the random policy's return, the medium threshold (the
+    replay set is every transition before it was reached) and the three datasets' mean returns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rrf_ray.engine.report import save_figure_atomic
+
+    steps = [c["step"] for c in record["checkpoints"]]
+    returns = [c["eval_return"] for c in record["checkpoints"]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(steps, returns, "o-", color="black", ms=3, label=f"evaluation ({record['settings']['eval_episodes']} "
+            "episodes, mean action)")
+    ax.axhline(record["random_return"], color="grey", ls=":", label=f"random policy {record['random_return']:.0f}")
+    ax.axhline(summary["medium_return"], color="tab:orange", ls="--",
+               label=f"medium threshold {summary['medium_return']:.0f} (reached at step {summary['medium_step']})")
+    for kind, color in (("replay", "tab:blue"), ("medium", "tab:orange"), ("expert", "tab:green")):
+        k = summary[kind]
+        ax.errorbar(steps[-1] * (1.03 + 0.03 * ("replay", "medium", "expert").index(kind)), k["mean_return"],
+                    yerr=k["std_return"], fmt="s", color=color, capsize=3,
+                    label=f"{kind} data: {k['mean_return']:.0f} ± {k['std_return']:.0f} ({k['episodes']} episodes)")
+    ax.set_xlabel("SAC environment steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(f"SAC on {record['settings']['env_id']}, seed {record['settings']['seed']}")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3)
+    try:
+        return save_figure_atomic(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def make_sac_datasets(settings: SACSettings, data: DatasetSettings, root=None, threads: int = 1,
                       progress: bool = True, overwrite: bool = False) -> dict:
     """Train (or reuse, or resume) SAC, then build its three datasets; a summary for the CLI."""
@@ -437,7 +474,10 @@ def make_sac_datasets(settings: SACSettings, data: DatasetSettings, root=None, t
                "random_return": round(record["random_return"], 1),
                "evaluations": [[c["step"], round(c["eval_return"], 1)] for c in record["checkpoints"]]}
     for kind, did in ids.items():
-        returns = np.asarray(read_metadata(did, root)[METADATA_KEY]["returns"])
+        meta = read_metadata(did, root)[METADATA_KEY]
+        returns = np.asarray(meta["returns"])
         summary[kind] = {"episodes": len(returns), "mean_return": float(returns.mean()),
                          "std_return": float(returns.std())}
+        summary.update(medium_return=meta["medium_return"], medium_step=meta["source"]["medium_step"])
+    summary["learning_curve"] = str(plot_learning_curve(record, summary, out / CURVE_FILE))
     return summary

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -14,7 +15,8 @@ import pytest
 
 pytest.importorskip("stable_baselines3")
 
-from rrf_ray.data.sac import Episode, dataset_id, env_name, load_episodes, medium_checkpoint, save_episodes  # noqa: E402
+from rrf_ray.data.sac import (Episode, dataset_id, env_name, load_episodes, medium_checkpoint, policies_dir,  # noqa: E402
+                              save_episodes)
 
 ENV = "Hopper-v5"  # falls end its episodes: variable lengths, both end flags
 
@@ -64,6 +66,8 @@ def test_sac_makes_real_replay_medium_and_expert_datasets_ending_at_falls_and_re
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "resuming at step 1000" in run.stdout + run.stderr
     assert "step 1000/2000" not in run.stdout + run.stderr
+    curve = Path(run.stdout.split("learning curve: ")[1].split()[0])  # the figure the run says it drew
+    assert curve.parent == policies_dir(ENV, 0, root) and curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     import minari
 
