@@ -30,9 +30,9 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_DEADLINE_S = 30.0
@@ -78,11 +78,11 @@ def _watch_stop(signum: int, poll_s: float = 0.05) -> None:
     this driver's private Ray too (then every further call to Ray could end it with exit code 1)."""
     deadline = time.monotonic() + STOP_DEADLINE_S
     while time.monotonic() < deadline:
-        if _state["own_ray"] and not _state["shutting_down"] and not all(map(_running, _state["own_ray"])):
-            if not _state["shutting_down"]:  # not Ray's own shutdown, begun since the last look
-                os.write(2, f"[sweep] {signal.Signals(signum).name} reached this sweep's own Ray too: stopping "
-                            "now (what Tune saved before it stays resumable)\n".encode())
-                break
+        # the flag read after the processes: an end seen before the driver began shutting Ray down is the signal's
+        if _state["own_ray"] and not all(map(_running, _state["own_ray"])) and not _state["shutting_down"]:
+            os.write(2, f"[sweep] {signal.Signals(signum).name} reached this sweep's own Ray too: stopping "
+                        "now (what Tune saved before it stays resumable)\n".encode())
+            break
         time.sleep(poll_s)
     _end_now(signum)
 

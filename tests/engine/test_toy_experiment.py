@@ -25,8 +25,9 @@ def assert_quiet(console: str, stopped: bool = False) -> None:
     failed trial's own traceback, before it, is the user's to read)."""
     for noise in RAY_INTERNALS:
         assert noise not in console, f"{noise!r} on the console:\n{console[-3000:]}"
-    if stopped:  # from the signal's line on (outside a Tune stage there is none: all of it)
-        after = console[max(0, console.find(": stopping once Tune has saved its state")):]
+    if stopped:  # from the signal's first line on (outside a Tune stage there is none: all of it)
+        first = re.search(r"^\[sweep\] SIG(INT|TERM)", console, re.MULTILINE)  # "stopping once Tune ..." or
+        after = console[first.start() if first else 0:]  # "reached this sweep's own Ray too" (engine.stopping)
         for noise in ("Traceback", "KeyboardInterrupt"):
             assert noise not in after, f"{noise!r} on the console after the stop:\n{after[-3000:]}"
 
