@@ -440,9 +440,9 @@ def plot_learning_curve(record: dict, summary: dict, path: Path) -> Path:
     ax.axhline(record["random_return"], color="grey", ls=":", label=f"random policy {record['random_return']:.0f}")
     ax.axhline(summary["medium_return"], color="tab:orange", ls="--",
                label=f"medium threshold {summary['medium_return']:.0f} (reached at step {summary['medium_step']})")
-    for kind, color in (("replay", "tab:blue"), ("medium", "tab:orange"), ("expert", "tab:green")):
+    for i, (kind, color) in enumerate(zip(KINDS, ("tab:blue", "tab:orange", "tab:green"))):
         k = summary[kind]
-        ax.errorbar(steps[-1] * (1.03 + 0.03 * ("replay", "medium", "expert").index(kind)), k["mean_return"],
+        ax.errorbar(steps[-1] * (1.03 + 0.03 * i), k["mean_return"],
                     yerr=k["std_return"], fmt="s", color=color, capsize=3,
                     label=f"{kind} data: {k['mean_return']:.0f} ± {k['std_return']:.0f} ({k['episodes']} episodes)")
     ax.set_xlabel("SAC environment steps")
@@ -474,10 +474,10 @@ def make_sac_datasets(settings: SACSettings, data: DatasetSettings, root=None, t
                "random_return": round(record["random_return"], 1),
                "evaluations": [[c["step"], round(c["eval_return"], 1)] for c in record["checkpoints"]]}
     for kind, did in ids.items():
-        meta = read_metadata(did, root)[METADATA_KEY]
-        returns = np.asarray(meta["returns"])
+        returns = np.asarray(read_metadata(did, root)[METADATA_KEY]["returns"])
         summary[kind] = {"episodes": len(returns), "mean_return": float(returns.mean()),
                          "std_return": float(returns.std())}
-        summary.update(medium_return=meta["medium_return"], medium_step=meta["source"]["medium_step"])
+    medium, summary["medium_return"] = medium_checkpoint(record, data.medium_return)  # as build_datasets chose
+    summary["medium_step"] = medium["step"]
     summary["learning_curve"] = str(plot_learning_curve(record, summary, out / CURVE_FILE))
     return summary
