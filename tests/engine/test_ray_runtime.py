@@ -47,33 +47,11 @@ def read_until(proc: subprocess.Popen, marker: str, timeout: float = 120) -> lis
 
 
 @pytest.mark.slow  # starts Ray
-def test_two_drivers_get_their_own_ray_and_one_dying_leaves_the_other(tmp_path):
-    first = start("hold")
-    try:
-        first_lines = read_until(first, "READY")
-        second = start("run")
-        try:
-            second_lines = read_until(second, "READY")
-            ray_line = lambda lines: next(ln for ln in lines if ln.startswith("[ray]"))  # noqa: E731
-            assert "started a private local Ray" in ray_line(first_lines)
-            assert "started a private local Ray" in ray_line(second_lines)
-            assert ray_line(first_lines).split("(")[1] != ray_line(second_lines).split("(")[1]  # two GCS addresses
-            os.killpg(first.pid, signal.SIGKILL)  # the first driver dies with its Ray ...
-            first.wait()
-            assert read_until(second, "STILL")[-1] == "STILL pong"  # ... and the second's Ray still works
-            assert second.wait(timeout=60) == 0
-        finally:
-            if second.poll() is None:
-                os.killpg(second.pid, signal.SIGKILL)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-
-
-@pytest.mark.slow  # starts Ray
-def test_a_stale_ray_start_record_is_ignored_and_a_live_one_joined():
-    """/tmp/ray/ray_current_cluster outlives a Ray that was killed (not `ray stop`ped): joining it
-    would wait minutes for a GCS that never answers, so a driver starts its own Ray with a note."""
+def test_private_rays_a_stale_ray_start_record_and_a_live_one():
+    """Three drivers, two Ray starts (CI time). /tmp/ray/ray_current_cluster outlives a Ray that was
+    killed (not `ray stop`ped): joining it would wait minutes for a GCS that never answers, so a
+    driver starts its own Ray with a note. A live record is joined. A second driver meanwhile gets a
+    private Ray of its own, and the first dying with its Ray leaves the second's working."""
     import shutil
     import socket
     import tempfile
@@ -83,31 +61,41 @@ def test_a_stale_ray_start_record_is_ignored_and_a_live_one_joined():
     ray_tmp = Path(tempfile.mkdtemp(dir="/tmp", prefix="rt"))  # short: Ray's socket paths live under it
     record = ray_tmp / "ray" / "ray_current_cluster"
     record.parent.mkdir()
-    record.write_text(dead)
     procs = []
 
     def launch(mode: str, **env_vars: str) -> subprocess.Popen:
         procs.append(start(mode, RAY_TMPDIR=str(ray_tmp), **env_vars))
         return procs[-1]
 
-    try:
-        started = time.time()
-        run = launch("run")
-        lines = read_until(run, "STILL", timeout=180)
-        assert run.wait(timeout=60) == 0, lines[-20:]
-        assert any("started a private local Ray" in line for line in lines), lines
-        assert any(f"ignoring the stale `ray start` record ({dead}" in line for line in lines), lines
-        assert lines[-1] == "STILL pong"
-        assert time.time() - started < 150  # not the minutes a dead GCS address costs
+    def gcs(lines: list[str]) -> str:
+        return next(ln for ln in lines if ln.startswith("[ray]")).split("(")[1].split(")")[0]
 
+    try:
+        record.write_text(dead)
+        started = time.time()
         first = launch("hold")
-        ray_line = next(ln for ln in read_until(first, "READY") if ln.startswith("[ray]"))
-        live = ray_line.split("(")[1].split(")")[0]
+        first_lines = read_until(first, "READY", timeout=180)
+        assert time.time() - started < 150  # not the minutes a dead GCS address costs
+        assert any(f"ignoring the stale `ray start` record ({dead}" in line for line in first_lines), first_lines
+        assert any("started a private local Ray" in line for line in first_lines), first_lines
+        live = gcs(first_lines)
+
         record.write_text(live)  # as `ray start` records its GCS
         joined = launch("run", RAY_AUTH_MODE="token")  # a local Ray uses token auth
         lines = read_until(joined, "STILL", timeout=180)
         assert joined.wait(timeout=60) == 0, lines[-20:]
         assert any(f"joined the Ray cluster at {live}" in line for line in lines), lines
+        assert lines[-1] == "STILL pong"
+
+        record.write_text(dead)
+        second = launch("run")
+        second_lines = read_until(second, "READY", timeout=180)
+        assert any("started a private local Ray" in line for line in second_lines), second_lines
+        assert gcs(second_lines) != live  # two private Rays at once
+        os.killpg(first.pid, signal.SIGKILL)  # the first driver dies with its Ray ...
+        first.wait()
+        assert read_until(second, "STILL")[-1] == "STILL pong"  # ... and the second's Ray still works
+        assert second.wait(timeout=60) == 0
     finally:
         for proc in procs:
             if proc.poll() is None:

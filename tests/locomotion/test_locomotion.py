@@ -169,7 +169,7 @@ def test_specs_validate_and_the_paper_profile_dry_runs():
         cpu = load_spec(name)
         assert list(cpu.environments) == [env] and cpu.horizon(env) == 8 and cpu.transfer_seeds == [1]
         assert cpu.diffusion == load_spec("locomotion-cpu").diffusion
-    assert load_spec("locomotion-cpu-walker2d").reward_of("walker2d").learning_rate == 1e-3
+        assert cpu.reward_of(env) == load_spec("locomotion-cpu").reward_of("halfcheetah")  # one reward setting for all
 
 
 def test_discriminator_guidance_is_the_gradient_of_log_sigmoid_d():
